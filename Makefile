@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh Debian machine (as root, or with sudo):
+#   make synth   set up, then render dist/ from charts/settings/
+#   make test    set up, then run the whole test suite
+# Set-up is idempotent: it installs only what is missing or out of date.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# promtool checks the rules at every synth; the tests run the real programs.
+SYNTH_DEBS := prometheus
+TEST_DEBS := prometheus prometheus-alertmanager prometheus-node-exporter \
+	prometheus-postgres-exporter prometheus-redis-exporter postgresql \
+	redis-server iproute2 util-linux curl
+
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 18,20
+
+.PHONY: setup setup-test synth test lint clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+setup: $(VENV)/.installed node_modules/.installed
+	@./scripts/install-debs.sh $(SYNTH_DEBS)
+
+setup-test: setup
+	@./scripts/install-debs.sh $(TEST_DEBS)
+
+synth: setup
+	npx --no-install cdk8s synth
+
+test: setup-test
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .build $(VENV) node_modules

@@ -1,0 +1,1 @@
+"""Per-environment charts and the settings each environment renders from."""

@@ -1,0 +1,28 @@
+"""The chart of one environment: one file in dist/ per environment."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from cdk8s import Chart
+from constructs import Construct
+
+from constructs_lib.stack import MonitoringStack, StackSettings
+
+
+class MonitoringChart(Chart):
+    """Renders the whole stack of one environment as ``<environment>.k8s.yaml``."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        *,
+        settings: StackSettings,
+        rule_files: Mapping[str, str] | None = None,
+    ) -> None:
+        # Objects set their own namespace: cluster-scoped ones have none.
+        super().__init__(scope, settings.environment, disable_resource_name_hashes=True)
+        self.settings = settings
+        self.stack = MonitoringStack(
+            self, "stack", settings=settings, rule_files=rule_files
+        )

@@ -1,0 +1,395 @@
+"""Shared mechanics every component uses: value types, labels, hardened pods.
+
+A component module builds its objects from these pieces, so that every pod in
+the stack starts from the same secure defaults and every object carries the
+same ``app.kubernetes.io`` labels. A component that needs more than these
+defaults allow (node-exporter reads the host) says why where it asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Mapping, Sequence
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from imports import k8s
+
+PART_OF = "sunday-monitoring"
+MANAGED_BY = "cdk8s"
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+"""Where Kubernetes mounts a pod's ServiceAccount token and cluster CA."""
+
+# The numeric user of the "nobody" account in the upstream Prometheus images.
+NOBODY = 65534
+
+
+class StrictModel(BaseModel):
+    """Base of every settings model: strict types, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- value types -----------------------------------------------------------
+
+_IMAGE = re.compile(
+    r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+/[a-z0-9._/-]+)?)"
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@sha256:[a-f0-9]{64})?$"
+)
+_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
+_QUANTITY = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _image(value: str) -> str:
+    match = _IMAGE.match(value)
+    if match is None:
+        raise ValueError(
+            f"image {value!r} must be 'repository:tag' with a released tag, "
+            "for example 'prom/prometheus:v2.40.0'"
+        )
+    if match.group("tag") == "latest":
+        raise ValueError(
+            f"image {value!r} uses the moving tag 'latest'; pin a released tag"
+        )
+    return value
+
+
+def _duration(value: str) -> str:
+    if not _DURATION.match(value) or set(value) <= set("0msdhwy"):
+        raise ValueError(
+            f"duration {value!r} is not a positive Prometheus duration such as "
+            "'15s', '5m', '30d' or '1h30m' (units ms, s, m, h, d, w, y)"
+        )
+    return value
+
+
+def _quantity(value: str) -> str:
+    if not _QUANTITY.match(value):
+        raise ValueError(
+            f"quantity {value!r} is not a Kubernetes quantity such as "
+            "'500m', '2', '256Mi' or '100Gi'"
+        )
+    return value
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"name {value!r} is not a DNS label (lower-case letters, digits and "
+            "'-', at most 63 characters)"
+        )
+    return value
+
+
+Image = Annotated[str, AfterValidator(_image)]
+"""A container image pinned to a released tag, never ``latest``."""
+
+Duration = Annotated[str, AfterValidator(_duration)]
+"""A Prometheus duration: ``15s``, ``5m``, ``30d``."""
+
+Quantity = Annotated[str, AfterValidator(_quantity)]
+"""A Kubernetes resource quantity: ``500m``, ``2Gi``."""
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+"""A Kubernetes namespace or object name."""
+
+
+def duration_seconds(value: str) -> float:
+    """Return a Prometheus duration in seconds (``1h30m`` is 5400.0)."""
+    units = {
+        "ms": 0.001,
+        "s": 1,
+        "m": 60,
+        "h": 3600,
+        "d": 86400,
+        "w": 604800,
+        "y": 31536000,
+    }
+    return sum(
+        int(number) * units[unit]
+        for number, unit in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", value)
+    )
+
+
+class Resources(StrictModel):
+    """CPU and memory a container asks for and may not exceed."""
+
+    cpu_request: Quantity = Field(description="CPU the scheduler reserves.")
+    memory_request: Quantity = Field(description="Memory the scheduler reserves.")
+    cpu_limit: Quantity = Field(description="CPU the container is throttled at.")
+    memory_limit: Quantity = Field(
+        description="Memory past which the container is killed."
+    )
+
+    def to_k8s(self) -> k8s.ResourceRequirements:
+        """Return the container ``resources`` block."""
+        return k8s.ResourceRequirements(
+            requests={
+                "cpu": k8s.Quantity.from_string(self.cpu_request),
+                "memory": k8s.Quantity.from_string(self.memory_request),
+            },
+            limits={
+                "cpu": k8s.Quantity.from_string(self.cpu_limit),
+                "memory": k8s.Quantity.from_string(self.memory_limit),
+            },
+        )
+
+
+# --- identity --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A Service's DNS name and port, as other components' configs use it."""
+
+    host: str
+    port: int
+    scheme: str = "http"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, the form Prometheus targets take."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``scheme://host:port``, the form Grafana datasources take."""
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+def image_tag(image: str) -> str:
+    """Return the tag of a pinned image, used as the version label."""
+    return image.split("@")[0].rsplit(":", 1)[1]
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels a Service or workload selects its pods by. Never changes."""
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": name}
+
+
+def standard_labels(name: str, component: str, version: str) -> dict[str, str]:
+    """The ``app.kubernetes.io`` labels every object of a component carries."""
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/version": version,
+    }
+
+
+def metadata(
+    name: str,
+    labels: Mapping[str, str],
+    namespace: str | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> k8s.ObjectMeta:
+    """Object metadata; cluster-scoped objects pass no namespace."""
+    return k8s.ObjectMeta(
+        name=name,
+        namespace=namespace,
+        labels=dict(labels),
+        annotations=dict(annotations) if annotations else None,
+    )
+
+
+def config_checksum(*documents: Any) -> str:
+    """A digest of configuration, put on pod templates so edits roll pods."""
+    text = json.dumps(documents, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --- hardened pods ---------------------------------------------------------
+
+
+def pod_security(
+    user: int, group: int | None = None, fs_group: int | None = None
+) -> k8s.PodSecurityContext:
+    """Pod-level defaults: a numeric non-root user and the runtime's seccomp."""
+    return k8s.PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=user,
+        run_as_group=group if group is not None else user,
+        fs_group=fs_group,
+        seccomp_profile=k8s.SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def container_security() -> k8s.SecurityContext:
+    """Container defaults: read-only root, no capabilities, no escalation."""
+    return k8s.SecurityContext(
+        allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        capabilities=k8s.Capabilities(drop=["ALL"]),
+        seccomp_profile=k8s.SeccompProfile(type="RuntimeDefault"),
+    )
+
+
+def http_probe(
+    path: str,
+    port: str,
+    *,
+    initial_delay_seconds: int = 5,
+    period_seconds: int = 10,
+    failure_threshold: int = 3,
+    timeout_seconds: int = 5,
+) -> k8s.Probe:
+    """An HTTP GET probe against a named container port."""
+    return k8s.Probe(
+        http_get=k8s.HttpGetAction(path=path, port=k8s.IntOrString.from_string(port)),
+        initial_delay_seconds=initial_delay_seconds,
+        period_seconds=period_seconds,
+        failure_threshold=failure_threshold,
+        timeout_seconds=timeout_seconds,
+    )
+
+
+def container_port(name: str, port: int) -> k8s.ContainerPort:
+    """A named TCP container port."""
+    return k8s.ContainerPort(name=name, container_port=port, protocol="TCP")
+
+
+def config_map_volume(
+    name: str, config_map: str, items: Sequence[str] | None = None
+) -> k8s.Volume:
+    """A volume of a ConfigMap's keys, read-only to the owner."""
+    return k8s.Volume(
+        name=name,
+        config_map=k8s.ConfigMapVolumeSource(
+            name=config_map,
+            default_mode=0o444,
+            items=[k8s.KeyToPath(key=key, path=key) for key in items]
+            if items
+            else None,
+        ),
+    )
+
+
+def secret_volume(name: str, secret: str, keys: Sequence[str]) -> k8s.Volume:
+    """A volume of named keys of an operator-created Secret.
+
+    Listing the keys makes a missing key fail the pod's start with a clear
+    event instead of a later, quieter failure inside the program.
+    """
+    return k8s.Volume(
+        name=name,
+        secret=k8s.SecretVolumeSource(
+            secret_name=secret,
+            default_mode=0o440,
+            items=[k8s.KeyToPath(key=key, path=key) for key in keys],
+        ),
+    )
+
+
+def mount(name: str, path: str, *, read_only: bool = True) -> k8s.VolumeMount:
+    """A volume mount, read-only unless the program writes there."""
+    return k8s.VolumeMount(name=name, mount_path=path, read_only=read_only)
+
+
+def service(
+    scope: Any,
+    id: str,
+    *,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    ports: Sequence[tuple[str, int]],
+    selector: Mapping[str, str],
+    headless: bool = False,
+) -> k8s.KubeService:
+    """A Service whose named ports forward to the same-named container ports."""
+    return k8s.KubeService(
+        scope,
+        id,
+        metadata=metadata(name, labels, namespace),
+        spec=k8s.ServiceSpec(
+            type="ClusterIP",
+            cluster_ip="None" if headless else None,
+            # Peers of a headless governing Service must find each other
+            # before they are ready, or a clustered set never forms.
+            publish_not_ready_addresses=True if headless else None,
+            selector=dict(selector),
+            ports=[
+                k8s.ServicePort(
+                    name=port_name,
+                    port=port,
+                    target_port=k8s.IntOrString.from_string(port_name),
+                    protocol="TCP",
+                )
+                for port_name, port in ports
+            ],
+        ),
+    )
+
+
+def service_account(
+    scope: Any,
+    id: str,
+    *,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+) -> k8s.KubeServiceAccount:
+    """A ServiceAccount whose token is mounted only into pods that ask."""
+    return k8s.KubeServiceAccount(
+        scope,
+        id,
+        metadata=metadata(name, labels, namespace),
+        automount_service_account_token=False,
+    )
+
+
+def disruption_budget(
+    scope: Any,
+    id: str,
+    *,
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    selector: Mapping[str, str],
+) -> k8s.KubePodDisruptionBudget:
+    """Let voluntary evictions take at most one pod of a replicated set."""
+    return k8s.KubePodDisruptionBudget(
+        scope,
+        id,
+        metadata=metadata(name, labels, namespace),
+        spec=k8s.PodDisruptionBudgetSpec(
+            max_unavailable=k8s.IntOrString.from_number(1),
+            selector=k8s.LabelSelector(match_labels=dict(selector)),
+        ),
+    )
+
+
+def spread_across_nodes(selector: Mapping[str, str]) -> list[k8s.TopologySpreadConstraint]:
+    """Prefer one pod of a replicated set per node."""
+    return [
+        k8s.TopologySpreadConstraint(
+            max_skew=1,
+            topology_key="kubernetes.io/hostname",
+            when_unsatisfiable="ScheduleAnyway",
+            label_selector=k8s.LabelSelector(match_labels=dict(selector)),
+        )
+    ]
+
+
+def claim_template(
+    name: str, size: str, storage_class: str | None, labels: Mapping[str, str]
+) -> k8s.KubePersistentVolumeClaimProps:
+    """A ReadWriteOnce volume claim template for a StatefulSet."""
+    return k8s.KubePersistentVolumeClaimProps(
+        metadata=k8s.ObjectMeta(name=name, labels=dict(labels)),
+        spec=k8s.PersistentVolumeClaimSpec(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=storage_class,
+            resources=k8s.ResourceRequirements(
+                requests={"storage": k8s.Quantity.from_string(size)}
+            ),
+        ),
+    )

@@ -1,0 +1,536 @@
+"""Prometheus: scrapes every target of the stack and evaluates the alert rules.
+
+It runs as a StatefulSet so that each replica keeps its own TSDB volume across
+restarts and upgrades, with a sidecar that asks Prometheus to reload when its
+configuration or rule ConfigMaps change. Its ServiceAccount may read exactly
+what its service discovery watches, derived from the scrape configs it is
+given, and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import yaml
+from constructs import Construct
+from pydantic import Field, field_validator
+
+from constructs_lib.common import (
+    NOBODY,
+    SERVICE_ACCOUNT_DIR,
+    DnsLabel,
+    Duration,
+    Endpoint,
+    Image,
+    Quantity,
+    Resources,
+    StrictModel,
+    claim_template,
+    config_checksum,
+    config_map_volume,
+    container_port,
+    container_security,
+    disruption_budget,
+    http_probe,
+    image_tag,
+    metadata,
+    mount,
+    pod_security,
+    selector_labels,
+    service,
+    service_account,
+    spread_across_nodes,
+    standard_labels,
+)
+from constructs_lib.errors import ConfigurationError
+from constructs_lib.reloader import ReloaderSettings, reloader_container
+from imports import k8s
+
+NAME = "prometheus"
+PORT = 9090
+CONFIG_DIR = "/etc/prometheus/config"
+RULES_DIR = "/etc/prometheus/rules"
+DATA_DIR = "/prometheus"
+
+# Kubernetes API groups and resources each service-discovery role watches.
+_DISCOVERY_RESOURCES: dict[str, list[str]] = {
+    "pod": ["pods"],
+    "service": ["services"],
+    "endpoints": ["endpoints", "services", "pods"],
+    "endpointslice": ["endpointslices", "services", "pods"],
+    "ingress": ["ingresses"],
+}
+
+
+class PrometheusSettings(StrictModel):
+    """How Prometheus runs in one environment."""
+
+    image: Image = Field(
+        default="prom/prometheus:v2.40.0",
+        description="Prometheus image. Defaults to the release the design names.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="Identical Prometheus replicas. Defaults to 1.",
+    )
+    scrape_interval: Duration = Field(
+        default="15s", description="How often targets are scraped. Defaults to 15s."
+    )
+    evaluation_interval: Duration = Field(
+        default="15s", description="How often rules are evaluated. Defaults to 15s."
+    )
+    retention: Duration = Field(
+        default="30d", description="How long samples are kept. Defaults to 30d."
+    )
+    storage_size: Quantity = Field(
+        default="100Gi",
+        description="Size of each replica's TSDB volume. Defaults to 100Gi.",
+    )
+    storage_class: str | None = Field(
+        default=None,
+        description="StorageClass of the TSDB volume. Defaults to the "
+        "cluster's default class.",
+    )
+    resources: Resources = Field(
+        default=Resources(
+            cpu_request="500m",
+            memory_request="2Gi",
+            cpu_limit="2",
+            memory_limit="4Gi",
+        ),
+        description="Prometheus container resources. Defaults to the design's.",
+    )
+    app_namespaces: list[DnsLabel] = Field(
+        default_factory=lambda: ["sunday-production"],
+        min_length=1,
+        description="Namespaces whose backend pods are scraped by annotation.",
+    )
+    backend_app_label: str = Field(
+        default="backend",
+        description="Value of the 'app' label that marks backend pods.",
+    )
+    kubelet_insecure_skip_verify: bool = Field(
+        default=True,
+        description="Skip verifying the kubelet's serving certificate. Most "
+        "clusters serve the kubelet with a self-signed certificate; set false "
+        "where kubelet certificates are signed by the cluster CA. The token "
+        "is still sent only over TLS. Defaults to true.",
+    )
+    extra_scrape_configs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Further Prometheus scrape configs, appended as given. "
+        "Each needs a unique job_name. Defaults to none.",
+    )
+
+    @field_validator("extra_scrape_configs")
+    @classmethod
+    def _jobs_are_named(cls, configs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, config in enumerate(configs):
+            if not isinstance(config.get("job_name"), str) or not config["job_name"]:
+                raise ValueError(
+                    f"scrape config #{index + 1} has no job_name; every scrape "
+                    "config needs a unique, non-empty job_name"
+                )
+        return configs
+
+
+def static_job(job: str, endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
+    """A scrape job for one Service the chart deploys, by its DNS name."""
+    return {
+        "job_name": job,
+        "static_configs": [{"targets": [endpoint.address]}],
+        **extra,
+    }
+
+
+def backend_pods_job(settings: PrometheusSettings) -> dict[str, Any]:
+    """Backend pods that opt in with ``prometheus.io/*`` annotations."""
+    annotation = "__meta_kubernetes_pod_annotation_prometheus_io_"
+    return {
+        "job_name": "sunday-backend",
+        "kubernetes_sd_configs": [
+            {"role": "pod", "namespaces": {"names": list(settings.app_namespaces)}}
+        ],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_label_app"],
+                "action": "keep",
+                "regex": settings.backend_app_label,
+            },
+            {
+                "source_labels": [f"{annotation}scrape"],
+                "action": "keep",
+                "regex": "true",
+            },
+            # Pods that have finished still appear in discovery for a while.
+            {
+                "source_labels": ["__meta_kubernetes_pod_phase"],
+                "action": "drop",
+                "regex": "Pending|Succeeded|Failed",
+            },
+            {
+                "source_labels": [f"{annotation}path"],
+                "action": "replace",
+                "target_label": "__metrics_path__",
+                "regex": "(.+)",
+            },
+            # Without this, every declared container port becomes a target.
+            {
+                "source_labels": ["__address__", f"{annotation}port"],
+                "action": "replace",
+                "regex": r"([^:]+)(?::\d+)?;(\d+)",
+                "replacement": "$1:$2",
+                "target_label": "__address__",
+            },
+            {
+                "source_labels": ["__meta_kubernetes_namespace"],
+                "target_label": "namespace",
+            },
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {
+                "source_labels": ["__meta_kubernetes_pod_label_app"],
+                "target_label": "service",
+            },
+        ],
+    }
+
+
+def kubelet_job(settings: PrometheusSettings) -> dict[str, Any]:
+    """The kubelet's own metrics, over HTTPS with the pod's token.
+
+    The kubelet refuses plain HTTP and anonymous requests; the token's
+    ServiceAccount is allowed ``get`` on ``nodes/metrics`` and nothing more.
+    """
+    return {
+        "job_name": "kubernetes-nodes",
+        "scheme": "https",
+        "kubernetes_sd_configs": [{"role": "node"}],
+        "authorization": {"credentials_file": f"{SERVICE_ACCOUNT_DIR}/token"},
+        "tls_config": {
+            "ca_file": f"{SERVICE_ACCOUNT_DIR}/ca.crt",
+            "insecure_skip_verify": settings.kubelet_insecure_skip_verify,
+        },
+        "relabel_configs": [
+            {"action": "labelmap", "regex": "__meta_kubernetes_node_label_(.+)"},
+            {"source_labels": ["__meta_kubernetes_node_name"], "target_label": "node"},
+        ],
+    }
+
+
+def pods_by_label_job(
+    job: str, namespace: str, name: str, port_name: str
+) -> dict[str, Any]:
+    """Every pod of one workload, one target per pod, named after its node.
+
+    Used for DaemonSets such as node-exporter, where each pod is its own
+    target and a Service would balance scrapes across nodes.
+    """
+    return {
+        "job_name": job,
+        "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
+        "relabel_configs": [
+            {
+                "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+                "action": "keep",
+                "regex": name,
+            },
+            {
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "action": "keep",
+                "regex": port_name,
+            },
+            {
+                "source_labels": ["__meta_kubernetes_pod_node_name"],
+                "target_label": "instance",
+            },
+        ],
+    }
+
+
+def prometheus_config(
+    settings: PrometheusSettings,
+    *,
+    external_labels: Mapping[str, str],
+    scrape_configs: Sequence[Mapping[str, Any]],
+    alertmanagers: Sequence[Endpoint],
+) -> dict[str, Any]:
+    """The whole ``prometheus.yml`` as data."""
+    jobs = [dict(job) for job in scrape_configs] + [
+        dict(job) for job in settings.extra_scrape_configs
+    ]
+    names = [job["job_name"] for job in jobs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigurationError(
+            "field prometheus.extra_scrape_configs",
+            f"job_name {duplicates[0]!r} is used twice; built-in jobs are "
+            f"{', '.join(names[: len(scrape_configs)])}",
+        )
+    return {
+        "global": {
+            "scrape_interval": settings.scrape_interval,
+            "evaluation_interval": settings.evaluation_interval,
+            "external_labels": dict(external_labels),
+        },
+        "rule_files": [f"{RULES_DIR}/*.yml"],
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [am.address for am in alertmanagers]}]}
+            ]
+        },
+        "scrape_configs": jobs,
+    }
+
+
+def discovery_rules(
+    scrape_configs: Sequence[Mapping[str, Any]], own_namespace: str
+) -> tuple[dict[str, set[str]], set[str]]:
+    """What the service discovery of these jobs reads from the Kubernetes API.
+
+    Returns the namespaced resources to list and watch, by namespace, and the
+    cluster-scoped ones (nodes, and ``nodes/metrics`` for the kubelet).
+    """
+    namespaced: dict[str, set[str]] = {}
+    cluster: set[str] = set()
+    for job in scrape_configs:
+        for sd in job.get("kubernetes_sd_configs", []):
+            role = sd["role"]
+            if role == "node":
+                cluster.add("nodes")
+                if job.get("scheme") == "https":
+                    cluster.add("nodes/metrics")
+                continue
+            names = sd.get("namespaces", {}).get("names") or [own_namespace]
+            for namespace in names:
+                namespaced.setdefault(namespace, set()).update(
+                    _DISCOVERY_RESOURCES[role]
+                )
+    return namespaced, cluster
+
+
+class Prometheus(Construct):
+    """Prometheus with its config, rules, RBAC, StatefulSet and Service."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: PrometheusSettings,
+        namespace: str,
+        external_labels: Mapping[str, str],
+        scrape_configs: Sequence[Mapping[str, Any]],
+        alertmanagers: Sequence[Endpoint],
+        rule_files: Mapping[str, str],
+        reloader: ReloaderSettings,
+    ) -> None:
+        super().__init__(scope, id)
+        self.settings = settings
+        self.namespace = namespace
+        self.endpoint = Endpoint(NAME, PORT)
+        labels = standard_labels(NAME, "metrics", image_tag(settings.image))
+        selector = selector_labels(NAME)
+
+        self.config = prometheus_config(
+            settings,
+            external_labels=external_labels,
+            scrape_configs=scrape_configs,
+            alertmanagers=alertmanagers,
+        )
+        self.rule_files = dict(rule_files)
+
+        self._access(labels, namespace)
+
+        config_map = k8s.KubeConfigMap(
+            self,
+            "config",
+            metadata=metadata(f"{NAME}-config", labels, namespace),
+            data={"prometheus.yml": yaml.safe_dump(self.config, sort_keys=False)},
+        )
+        rules_map = k8s.KubeConfigMap(
+            self,
+            "rules",
+            metadata=metadata(f"{NAME}-rules", labels, namespace),
+            data=self.rule_files,
+        )
+
+        governing = service(
+            self,
+            "headless",
+            name=f"{NAME}-headless",
+            namespace=namespace,
+            labels=labels,
+            ports=[("web", PORT)],
+            selector=selector,
+            headless=True,
+        )
+        self.statefulset = k8s.KubeStatefulSet(
+            self,
+            "statefulset",
+            metadata=metadata(NAME, labels, namespace),
+            spec=k8s.StatefulSetSpec(
+                service_name=governing.name,
+                replicas=settings.replicas,
+                pod_management_policy="Parallel",
+                selector=k8s.LabelSelector(match_labels=selector),
+                update_strategy=k8s.StatefulSetUpdateStrategy(type="RollingUpdate"),
+                template=self._pod_template(labels, selector, reloader),
+                volume_claim_templates=[
+                    claim_template(
+                        "data", settings.storage_size, settings.storage_class, labels
+                    )
+                ],
+            ),
+        )
+        self.statefulset.add_dependency(config_map)
+        self.statefulset.add_dependency(rules_map)
+
+        self.service = service(
+            self,
+            "service",
+            name=NAME,
+            namespace=namespace,
+            labels=labels,
+            ports=[("web", PORT)],
+            selector=selector,
+        )
+        if settings.replicas > 1:
+            disruption_budget(
+                self,
+                "pdb",
+                name=NAME,
+                namespace=namespace,
+                labels=labels,
+                selector=selector,
+            )
+
+    def _access(self, labels: Mapping[str, str], namespace: str) -> None:
+        service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
+        subject = k8s.Subject(kind="ServiceAccount", name=NAME, namespace=namespace)
+        namespaced, cluster = discovery_rules(
+            self.config["scrape_configs"], namespace
+        )
+        for target_namespace in sorted(namespaced):
+            role_name = f"{NAME}-discovery"
+            k8s.KubeRole(
+                self,
+                f"role-{target_namespace}",
+                metadata=metadata(role_name, labels, target_namespace),
+                rules=_read_rules(namespaced[target_namespace]),
+            )
+            k8s.KubeRoleBinding(
+                self,
+                f"binding-{target_namespace}",
+                metadata=metadata(role_name, labels, target_namespace),
+                role_ref=k8s.RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="Role", name=role_name
+                ),
+                subjects=[subject],
+            )
+        if cluster:
+            cluster_role = f"{NAME}-{namespace}"
+            rules = [
+                k8s.PolicyRule(
+                    api_groups=[""], resources=["nodes"], verbs=["get", "list", "watch"]
+                )
+            ]
+            if "nodes/metrics" in cluster:
+                rules.append(
+                    k8s.PolicyRule(
+                        api_groups=[""], resources=["nodes/metrics"], verbs=["get"]
+                    )
+                )
+            k8s.KubeClusterRole(
+                self, "clusterrole", metadata=metadata(cluster_role, labels), rules=rules
+            )
+            k8s.KubeClusterRoleBinding(
+                self,
+                "clusterrolebinding",
+                metadata=metadata(cluster_role, labels),
+                role_ref=k8s.RoleRef(
+                    api_group="rbac.authorization.k8s.io",
+                    kind="ClusterRole",
+                    name=cluster_role,
+                ),
+                subjects=[subject],
+            )
+
+    def _pod_template(
+        self,
+        labels: Mapping[str, str],
+        selector: Mapping[str, str],
+        reloader: ReloaderSettings,
+    ) -> k8s.PodTemplateSpec:
+        settings = self.settings
+        prometheus = k8s.Container(
+            name=NAME,
+            image=settings.image,
+            args=[
+                f"--config.file={CONFIG_DIR}/prometheus.yml",
+                f"--storage.tsdb.path={DATA_DIR}",
+                f"--storage.tsdb.retention.time={settings.retention}",
+                f"--web.listen-address=:{PORT}",
+                "--web.enable-lifecycle",
+            ],
+            ports=[container_port("web", PORT)],
+            resources=settings.resources.to_k8s(),
+            security_context=container_security(),
+            readiness_probe=http_probe("/-/ready", "web"),
+            # Replaying a large write-ahead log can take minutes after a crash.
+            startup_probe=http_probe(
+                "/-/ready", "web", period_seconds=15, failure_threshold=60
+            ),
+            liveness_probe=http_probe("/-/healthy", "web", failure_threshold=6),
+            volume_mounts=[
+                mount("config", CONFIG_DIR),
+                mount("rules", RULES_DIR),
+                mount("data", DATA_DIR, read_only=False),
+            ],
+        )
+        sidecar = reloader_container(
+            reloader,
+            watched_dirs=[CONFIG_DIR, RULES_DIR],
+            reload_url=f"http://127.0.0.1:{PORT}/-/reload",
+            mounts=[mount("config", CONFIG_DIR), mount("rules", RULES_DIR)],
+        )
+        return k8s.PodTemplateSpec(
+            metadata=k8s.ObjectMeta(
+                labels=dict(labels),
+                annotations={
+                    # The reloader applies rule and config edits in place;
+                    # the checksum only matters for edits it cannot see.
+                    "checksum/config": config_checksum(self.config),
+                },
+            ),
+            spec=k8s.PodSpec(
+                service_account_name=NAME,
+                # Service discovery reads the Kubernetes API with this token.
+                automount_service_account_token=True,
+                security_context=pod_security(NOBODY, fs_group=NOBODY),
+                termination_grace_period_seconds=120,
+                topology_spread_constraints=spread_across_nodes(selector),
+                containers=[prometheus, sidecar],
+                volumes=[
+                    config_map_volume("config", f"{NAME}-config"),
+                    config_map_volume("rules", f"{NAME}-rules"),
+                ],
+            ),
+        )
+
+
+def _read_rules(resources: set[str]) -> list[k8s.PolicyRule]:
+    """One read-only rule per API group, so no group gains another's kinds."""
+    by_group: dict[str, list[str]] = {}
+    for resource in sorted(resources):
+        by_group.setdefault(_API_GROUP.get(resource, ""), []).append(resource)
+    return [
+        k8s.PolicyRule(
+            api_groups=[group], resources=names, verbs=["get", "list", "watch"]
+        )
+        for group, names in sorted(by_group.items())
+    ]
+
+
+_API_GROUP = {"endpointslices": "discovery.k8s.io", "ingresses": "networking.k8s.io"}

@@ -1,0 +1,194 @@
+"""The whole metrics-and-alerting stack of one environment, wired together.
+
+Each component is a construct that works alone; this module decides how they
+refer to each other. Every address one component's configuration uses for
+another is taken from that component's construct (its Service name and
+port), never typed twice, so a reference cannot drift from what is deployed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from constructs import Construct
+from pydantic import Field
+
+from constructs_lib import prometheus as prom
+from constructs_lib.alertmanager import Alertmanager, AlertmanagerSettings
+from constructs_lib.common import DnsLabel, Endpoint, StrictModel, metadata
+from constructs_lib.grafana import Grafana, GrafanaSettings
+from constructs_lib.kube_state_metrics import KubeStateMetrics, KubeStateMetricsSettings
+from constructs_lib.node_exporter import NodeExporter, NodeExporterSettings
+from constructs_lib.postgres_exporter import PostgresExporter, PostgresExporterSettings
+from constructs_lib.prometheus import Prometheus, PrometheusSettings
+from constructs_lib.redis_exporter import RedisExporter, RedisExporterSettings
+from constructs_lib.reloader import ReloaderSettings
+from constructs_lib.rules import default_rule_paths, load_rule_files
+from imports import k8s
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackSettings(StrictModel):
+    """Everything that differs between environments, in one model."""
+
+    environment: DnsLabel = Field(
+        description="Environment name; the external label 'environment' and "
+        "the name of the rendered file."
+    )
+    cluster: str = Field(
+        min_length=1,
+        description="Cluster name; the external label 'cluster' on every "
+        "series and alert this Prometheus sends.",
+    )
+    namespace: DnsLabel = Field(
+        default="monitoring",
+        description="Namespace the stack runs in. Defaults to 'monitoring'.",
+    )
+    extra_rule_files: list[str] = Field(
+        default_factory=list,
+        description="Further Prometheus rule files, as paths relative to the "
+        "project root, loaded beside the built-in rules/ files. Defaults to "
+        "none.",
+    )
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
+    grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
+    node_exporter: NodeExporterSettings = Field(default_factory=NodeExporterSettings)
+    kube_state_metrics: KubeStateMetricsSettings = Field(
+        default_factory=KubeStateMetricsSettings
+    )
+    postgres_exporter: PostgresExporterSettings = Field(
+        default_factory=PostgresExporterSettings
+    )
+    redis_exporter: RedisExporterSettings = Field(
+        default_factory=RedisExporterSettings
+    )
+    reloader: ReloaderSettings = Field(default_factory=ReloaderSettings)
+
+    def rule_paths(self) -> list[Path]:
+        """The built-in rule files, then this environment's extra ones."""
+        return default_rule_paths() + [
+            (PROJECT_ROOT / path) for path in self.extra_rule_files
+        ]
+
+
+class MonitoringStack(Construct):
+    """Namespace, exporters, Alertmanager, Prometheus and Grafana."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: StackSettings,
+        rule_files: Mapping[str, str] | None = None,
+    ) -> None:
+        """Compose the stack.
+
+        ``rule_files`` maps ConfigMap keys to rule file texts. Defaults to
+        loading ``settings.rule_paths()``, which rejects duplicate alert
+        names and unknown severities.
+        """
+        super().__init__(scope, id)
+        namespace = settings.namespace
+        self.settings = settings
+
+        k8s.KubeNamespace(
+            self,
+            "namespace",
+            metadata=metadata(
+                namespace,
+                {
+                    "app.kubernetes.io/part-of": "sunday-monitoring",
+                    # node-exporter needs the host's network, processes and
+                    # files (see node_exporter.py); every other pod meets
+                    # the "restricted" standard, which is what is reported.
+                    "pod-security.kubernetes.io/enforce": "privileged",
+                    "pod-security.kubernetes.io/warn": "baseline",
+                    "pod-security.kubernetes.io/audit": "restricted",
+                },
+            ),
+        )
+
+        self.node_exporter = NodeExporter(
+            self, "node-exporter", settings=settings.node_exporter, namespace=namespace
+        )
+        self.kube_state_metrics = KubeStateMetrics(
+            self,
+            "kube-state-metrics",
+            settings=settings.kube_state_metrics,
+            namespace=namespace,
+        )
+        self.postgres_exporter = PostgresExporter(
+            self,
+            "postgres-exporter",
+            settings=settings.postgres_exporter,
+            namespace=namespace,
+        )
+        self.redis_exporter = RedisExporter(
+            self,
+            "redis-exporter",
+            settings=settings.redis_exporter,
+            namespace=namespace,
+        )
+        self.alertmanager = Alertmanager(
+            self,
+            "alertmanager",
+            settings=settings.alertmanager,
+            namespace=namespace,
+            reloader=settings.reloader,
+        )
+        self.grafana = Grafana(
+            self,
+            "grafana",
+            settings=settings.grafana,
+            namespace=namespace,
+            prometheus=Endpoint(prom.NAME, prom.PORT),
+            # Grafana never asks Prometheus for a step finer than a scrape.
+            scrape_interval=settings.prometheus.scrape_interval,
+        )
+
+        if rule_files is None:
+            rule_files = load_rule_files(settings.rule_paths())
+        self.prometheus = Prometheus(
+            self,
+            "prometheus",
+            settings=settings.prometheus,
+            namespace=namespace,
+            external_labels={
+                "cluster": settings.cluster,
+                "environment": settings.environment,
+            },
+            scrape_configs=self._scrape_configs(),
+            alertmanagers=self.alertmanager.peers,
+            rule_files=rule_files,
+            reloader=settings.reloader,
+        )
+
+    def _scrape_configs(self) -> list[dict]:
+        settings = self.settings
+        return [
+            # Each replica scrapes itself: through the Service, replicas
+            # would scrape each other at random.
+            prom.static_job("prometheus", Endpoint("localhost", prom.PORT)),
+            {
+                "job_name": "alertmanager",
+                "static_configs": [
+                    {"targets": [peer.address for peer in self.alertmanager.peers]}
+                ],
+            },
+            prom.static_job("grafana", self.grafana.endpoint),
+            prom.backend_pods_job(settings.prometheus),
+            prom.kubelet_job(settings.prometheus),
+            prom.pods_by_label_job(
+                "node-exporter",
+                settings.namespace,
+                self.node_exporter.name,
+                self.node_exporter.port_name,
+            ),
+            prom.static_job("kube-state-metrics", self.kube_state_metrics.endpoint),
+            prom.static_job("postgres-exporter", self.postgres_exporter.endpoint),
+            prom.static_job("redis-exporter", self.redis_exporter.endpoint),
+        ]

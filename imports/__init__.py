@@ -1,0 +1,1 @@
+"""Generated and re-exported Kubernetes bindings used by the library."""

@@ -1,0 +1,102 @@
+"""Secure by default: every pod, every container, every object's labels."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import Manifest
+
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/version",
+}
+# The one workload allowed the host's namespaces, and why: it measures the
+# node itself (see constructs_lib/node_exporter.py and docs/security.md).
+HOST_ACCESS = {"node-exporter"}
+
+
+def workloads(manifest: Manifest) -> list[dict]:
+    return [doc for kind in WORKLOADS for doc in manifest.of_kind(kind)]
+
+
+def test_every_pod_runs_as_a_numeric_non_root_user(manifest: Manifest) -> None:
+    for doc in workloads(manifest):
+        context = doc["spec"]["template"]["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True, doc["metadata"]["name"]
+        assert isinstance(context["runAsUser"], int) and context["runAsUser"] > 0
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_every_container_is_locked_down(manifest: Manifest) -> None:
+    for doc in workloads(manifest):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            context = container["securityContext"]
+            where = f"{doc['metadata']['name']}/{container['name']}"
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["privileged"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+
+
+def test_every_container_has_requests_limits_and_probes(manifest: Manifest) -> None:
+    for doc in workloads(manifest):
+        pod = doc["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            where = f"{doc['metadata']['name']}/{container['name']}"
+            resources = container["resources"]
+            assert set(resources["requests"]) == {"cpu", "memory"}, where
+            assert set(resources["limits"]) == {"cpu", "memory"}, where
+            assert "livenessProbe" in container, where
+            assert "readinessProbe" in container, where
+            ports = {p["name"] for p in container.get("ports", [])}
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                if probe in container:
+                    port = container[probe]["httpGet"]["port"]
+                    assert port in ports, f"{where} {probe} uses unknown port {port}"
+
+
+def test_only_node_exporter_shares_the_hosts_namespaces(manifest: Manifest) -> None:
+    sharing = set()
+    for doc in workloads(manifest):
+        pod = doc["spec"]["template"]["spec"]
+        if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+            sharing.add(doc["metadata"]["name"])
+        for volume in pod.get("volumes", []):
+            if "hostPath" in volume:
+                sharing.add(doc["metadata"]["name"])
+
+    assert sharing == HOST_ACCESS
+
+
+def test_every_object_carries_the_standard_labels(manifest: Manifest) -> None:
+    for doc in manifest.documents:
+        if doc["kind"] == "Namespace":
+            continue
+        labels = doc["metadata"].get("labels", {})
+        assert STANDARD_LABELS <= set(labels), f"{doc['kind']}/{doc['metadata']['name']}"
+        assert labels["app.kubernetes.io/part-of"] == "sunday-monitoring"
+
+
+def test_selectors_use_only_stable_labels(manifest: Manifest) -> None:
+    for doc in workloads(manifest):
+        selector = doc["spec"]["selector"]["matchLabels"]
+        assert set(selector) == {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
+        template_labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert selector.items() <= template_labels.items()
+
+
+def test_no_secret_value_is_rendered(manifest: Manifest) -> None:
+    assert not manifest.of_kind("Secret")
+    suspicious = re.compile(
+        r"(password|api_key|service_key|routing_key|token|secret)\s*[:=]\s*"
+        r"['\"]?[A-Za-z0-9+/_-]{12,}",
+        re.IGNORECASE,
+    )
+    for line in manifest.text.splitlines():
+        match = suspicious.search(line)
+        assert match is None or "_file" in line or "/" in match.group(0), line
