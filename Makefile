@@ -35,7 +35,7 @@ setup-test: setup
 	@./scripts/install-debs.sh $(TEST_DEBS)
 
 synth: setup
-	npx --no-install cdk8s synth
+	npx --no-install cdk8s synth --check-upgrade=false
 
 test: setup-test
 	$(PY) -m pytest

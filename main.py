@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import constructs_lib  # noqa: F401  (quiets the JavaScript bridge first)
+
+# isort: split
 from cdk8s import App, YamlOutputType
 
 from charts.loader import SETTINGS_DIR, load_environments

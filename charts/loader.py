@@ -26,8 +26,9 @@ def load_environments(directory: Path = SETTINGS_DIR) -> list[StackSettings]:
     paths = sorted(directory.glob("*.yaml"))
     if not paths:
         raise ConfigurationError(
-            str(directory), "no environment files (*.yaml) found; add one per "
-            "environment, e.g. production.yaml"
+            str(directory),
+            "no environment files (*.yaml) found; add one per "
+            "environment, e.g. production.yaml",
         )
     return [load_environment(path) for path in paths]
 

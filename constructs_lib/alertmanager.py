@@ -8,7 +8,8 @@ Secret through the ``*_file`` fields, and no secret value is ever rendered.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 from constructs import Construct

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Mapping, Sequence
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -367,7 +368,9 @@ def disruption_budget(
     )
 
 
-def spread_across_nodes(selector: Mapping[str, str]) -> list[k8s.TopologySpreadConstraint]:
+def spread_across_nodes(
+    selector: Mapping[str, str],
+) -> list[k8s.TopologySpreadConstraint]:
     """Prefer one pod of a replicated set per node."""
     return [
         k8s.TopologySpreadConstraint(

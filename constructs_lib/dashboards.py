@@ -258,7 +258,9 @@ def dashboard(
                 "datasource": dict(datasource),
                 "targets": [
                     {**target, "refId": ref_id, "datasource": dict(datasource)}
-                    for ref_id, target in zip(ascii_uppercase, panel["targets"])
+                    for ref_id, target in zip(
+                        ascii_uppercase, panel["targets"], strict=False
+                    )
                 ],
             }
         )

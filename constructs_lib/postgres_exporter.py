@@ -10,8 +10,9 @@ built-in metrics it runs the custom queries of ``postgres_queries.yaml``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
 
 import yaml
 from constructs import Construct

@@ -9,7 +9,8 @@ given, and nothing else.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import yaml
 from constructs import Construct
@@ -229,7 +230,9 @@ def pods_by_label_job(
     """
     return {
         "job_name": job,
-        "kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}],
+        "kubernetes_sd_configs": [
+            {"role": "pod", "namespaces": {"names": [namespace]}}
+        ],
         "relabel_configs": [
             {
                 "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
@@ -409,9 +412,7 @@ class Prometheus(Construct):
     def _access(self, labels: Mapping[str, str], namespace: str) -> None:
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
         subject = k8s.Subject(kind="ServiceAccount", name=NAME, namespace=namespace)
-        namespaced, cluster = discovery_rules(
-            self.config["scrape_configs"], namespace
-        )
+        namespaced, cluster = discovery_rules(self.config["scrape_configs"], namespace)
         for target_namespace in sorted(namespaced):
             role_name = f"{NAME}-discovery"
             k8s.KubeRole(
@@ -443,7 +444,10 @@ class Prometheus(Construct):
                     )
                 )
             k8s.KubeClusterRole(
-                self, "clusterrole", metadata=metadata(cluster_role, labels), rules=rules
+                self,
+                "clusterrole",
+                metadata=metadata(cluster_role, labels),
+                rules=rules,
             )
             k8s.KubeClusterRoleBinding(
                 self,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Mapping
+from collections.abc import Mapping
+from typing import Annotated
 
 from constructs import Construct
 from pydantic import AfterValidator, Field
@@ -42,9 +43,7 @@ PORT = 9121
 SECRET_DIR = "/etc/redis-exporter/secrets"
 PASSWORD_FILE_KEY = "password-file.json"
 
-_ADDR = re.compile(
-    r"^rediss?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$"
-)
+_ADDR = re.compile(r"^rediss?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,5}$")
 
 
 def _redis_addr(value: str) -> str:

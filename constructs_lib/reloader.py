@@ -8,7 +8,7 @@ new rule or route takes effect without a restart.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import Field
 

@@ -8,8 +8,8 @@ port), never typed twice, so a reference cannot drift from what is deployed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from constructs import Construct
 from pydantic import Field
@@ -62,9 +62,7 @@ class StackSettings(StrictModel):
     postgres_exporter: PostgresExporterSettings = Field(
         default_factory=PostgresExporterSettings
     )
-    redis_exporter: RedisExporterSettings = Field(
-        default_factory=RedisExporterSettings
-    )
+    redis_exporter: RedisExporterSettings = Field(default_factory=RedisExporterSettings)
     reloader: ReloaderSettings = Field(default_factory=ReloaderSettings)
 
     def rule_paths(self) -> list[Path]:

@@ -50,7 +50,9 @@ def rows(
             nested = (
                 getattr(defaults, name)
                 if defaults is not None
-                else None if field.is_required() else _default_value(field)
+                else None
+                if field.is_required()
+                else _default_value(field)
             )
             lines += rows(annotation, f"{path}.", nested)
             continue

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -60,7 +61,9 @@ def manifests(rendered_dir: Path) -> dict[str, Manifest]:
 
 
 @pytest.fixture(params=ENVIRONMENTS)
-def manifest(request: pytest.FixtureRequest, manifests: dict[str, Manifest]) -> Manifest:
+def manifest(
+    request: pytest.FixtureRequest, manifests: dict[str, Manifest]
+) -> Manifest:
     """Each built-in environment in turn."""
     return manifests[request.param]
 

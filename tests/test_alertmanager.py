@@ -20,9 +20,9 @@ def alertmanager_yml(manifest: Manifest) -> dict:
 @pytest.fixture
 def config_file(manifest: Manifest, tmp_path: Path) -> Path:
     path = tmp_path / "alertmanager.yml"
-    path.write_text(manifest.get("ConfigMap", "alertmanager-config")["data"][
-        "alertmanager.yml"
-    ])
+    path.write_text(
+        manifest.get("ConfigMap", "alertmanager-config")["data"]["alertmanager.yml"]
+    )
     return path
 
 
@@ -56,9 +56,7 @@ def test_rendered_config_passes_amtool(config_file: Path) -> None:
 def test_severity_routes_to_its_receiver(
     config_file: Path, labels: list[str], receiver: str
 ) -> None:
-    result = amtool(
-        "config", "routes", "test", f"--config.file={config_file}", *labels
-    )
+    result = amtool("config", "routes", "test", f"--config.file={config_file}", *labels)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == receiver
@@ -115,9 +113,7 @@ def test_no_deprecated_match_keys_remain(manifest: Manifest) -> None:
     text = manifest.get("ConfigMap", "alertmanager-config")["data"]["alertmanager.yml"]
     config = yaml.safe_load(text)
 
-    deprecated = re.compile(
-        r"^\s*(- )?(source_|target_)?match(_re)?:", re.MULTILINE
-    )
+    deprecated = re.compile(r"^\s*(- )?(source_|target_)?match(_re)?:", re.MULTILINE)
     assert deprecated.search(text) is None
     assert all("matchers" in route for route in config["route"]["routes"])
 

@@ -78,7 +78,9 @@ def test_every_object_carries_the_standard_labels(manifest: Manifest) -> None:
         if doc["kind"] == "Namespace":
             continue
         labels = doc["metadata"].get("labels", {})
-        assert STANDARD_LABELS <= set(labels), f"{doc['kind']}/{doc['metadata']['name']}"
+        assert STANDARD_LABELS <= set(labels), (
+            f"{doc['kind']}/{doc['metadata']['name']}"
+        )
         assert labels["app.kubernetes.io/part-of"] == "sunday-monitoring"
 
 

@@ -31,7 +31,14 @@ KUBERNETES_SD_KEYS = {
     "follow_redirects",
     "enable_http2",
 }
-KUBERNETES_SD_ROLES = {"node", "service", "pod", "endpoints", "endpointslice", "ingress"}
+KUBERNETES_SD_ROLES = {
+    "node",
+    "service",
+    "pod",
+    "endpoints",
+    "endpointslice",
+    "ingress",
+}
 
 
 def prometheus_yml(manifest: Manifest) -> dict[str, Any]:
@@ -89,7 +96,9 @@ def test_rendered_prometheus_config_passes_promtool(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     # The rule files were found through the glob and checked too.
-    assert f"{len(rules)} rules found" in result.stdout or "rules found" in result.stdout
+    assert (
+        f"{len(rules)} rules found" in result.stdout or "rules found" in result.stdout
+    )
 
 
 def test_kubernetes_discovery_blocks_are_valid(manifest: Manifest) -> None:
@@ -137,7 +146,9 @@ def test_scrape_jobs_cover_the_design_and_the_rules_needs(manifest: Manifest) ->
     } <= jobs
 
 
-def test_backend_job_scrapes_only_its_environments_namespace(manifest: Manifest) -> None:
+def test_backend_job_scrapes_only_its_environments_namespace(
+    manifest: Manifest,
+) -> None:
     environment = manifest.path.name.removesuffix(".k8s.yaml")
     job = _job(manifest, "sunday-backend")
 
@@ -182,10 +193,18 @@ def test_rbac_grants_only_what_discovery_reads(manifest: Manifest) -> None:
 
     assert roles == {
         (f"sunday-{environment}", "prometheus-discovery"): [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+            {
+                "apiGroups": [""],
+                "resources": ["pods"],
+                "verbs": ["get", "list", "watch"],
+            }
         ],
         ("monitoring", "prometheus-discovery"): [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+            {
+                "apiGroups": [""],
+                "resources": ["pods"],
+                "verbs": ["get", "list", "watch"],
+            }
         ],
     }
     assert cluster_role["rules"] == [
@@ -287,6 +306,8 @@ def test_a_disruption_budget_exists_only_for_replicated_prometheus(
 
 def _job(manifest: Manifest, name: str) -> dict[str, Any]:
     [job] = [
-        job for job in prometheus_yml(manifest)["scrape_configs"] if job["job_name"] == name
+        job
+        for job in prometheus_yml(manifest)["scrape_configs"]
+        if job["job_name"] == name
     ]
     return job

@@ -40,7 +40,9 @@ def resolve(manifest: Manifest, address: str) -> str | None:
     by_name = services(manifest)
     if host in SELF:
         return None
-    pod_match = re.fullmatch(r"(?P<set>[a-z0-9-]+)-(?P<index>[0-9]+)\.(?P<svc>[a-z0-9-]+)", host)
+    pod_match = re.fullmatch(
+        r"(?P<set>[a-z0-9-]+)-(?P<index>[0-9]+)\.(?P<svc>[a-z0-9-]+)", host
+    )
     if pod_match:
         governing = by_name.get(pod_match["svc"])
         if governing is None or governing["spec"].get("clusterIP") != "None":
@@ -151,7 +153,9 @@ def test_volumes_refer_to_objects_and_keys_that_exist(manifest: Manifest) -> Non
     config_maps = {
         doc["metadata"]["name"]: doc for doc in manifest.of_kind("ConfigMap")
     }
-    claims = {doc["metadata"]["name"] for doc in manifest.of_kind("PersistentVolumeClaim")}
+    claims = {
+        doc["metadata"]["name"] for doc in manifest.of_kind("PersistentVolumeClaim")
+    }
     operator_secrets = documented_secrets()
     for doc in workloads(manifest):
         for volume in doc["spec"]["template"]["spec"].get("volumes", []):
@@ -177,12 +181,17 @@ def test_service_accounts_and_role_bindings_resolve(manifest: Manifest) -> None:
         (d["metadata"]["namespace"], d["metadata"]["name"])
         for d in manifest.of_kind("ServiceAccount")
     }
-    roles = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in manifest.of_kind("Role")}
+    roles = {
+        (d["metadata"]["namespace"], d["metadata"]["name"])
+        for d in manifest.of_kind("Role")
+    }
     cluster_roles = {d["metadata"]["name"] for d in manifest.of_kind("ClusterRole")}
     for doc in workloads(manifest):
         name = doc["spec"]["template"]["spec"]["serviceAccountName"]
         assert (doc["metadata"]["namespace"], name) in accounts
-    for binding in manifest.of_kind("RoleBinding") + manifest.of_kind("ClusterRoleBinding"):
+    for binding in manifest.of_kind("RoleBinding") + manifest.of_kind(
+        "ClusterRoleBinding"
+    ):
         ref = binding["roleRef"]
         if ref["kind"] == "Role":
             assert (binding["metadata"]["namespace"], ref["name"]) in roles

@@ -233,11 +233,17 @@ def test_another_team_adds_a_scrape_job_and_a_rule_file_without_library_edits(
     assert result.returncode == 0, result.stderr
     docs = list(yaml.safe_load_all((dist / "staging.k8s.yaml").read_text()))
     [rules] = [
-        d for d in docs if d and d["kind"] == "ConfigMap"
+        d
+        for d in docs
+        if d
+        and d["kind"] == "ConfigMap"
         and d["metadata"]["name"] == "prometheus-rules"
     ]
     [config] = [
-        d for d in docs if d and d["kind"] == "ConfigMap"
+        d
+        for d in docs
+        if d
+        and d["kind"] == "ConfigMap"
         and d["metadata"]["name"] == "prometheus-config"
     ]
     assert "TeamQueueStuck" in rules["data"]["team.yml"]
