@@ -75,7 +75,7 @@ _USAGES = frozenset(
 
 _URI = re.compile(
     r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?"
-    r"/[A-Za-z0-9_][A-Za-z0-9_$-]*(\?[A-Za-z0-9_=&.%-]*)?$"
+    r"/[A-Za-z0-9_][A-Za-z0-9_$-]*(\?[A-Za-z0-9_=&.%/:,+-]*)?$"
 )
 
 
@@ -109,15 +109,16 @@ class PostgresExporterSettings(StrictModel):
     data_source_uri: DataSourceUri = Field(
         default="postgres.sunday-production.svc:5432/sunday?sslmode=require",
         description="PostgreSQL server and database as 'host:port/database', "
-        "with libpq parameters after '?', and no credentials. Defaults to the "
+        "with connection parameters after '?', and no credentials. Defaults to the "
         "production database 'sunday' over TLS (sslmode=require).",
     )
     credentials_secret: DnsLabel = Field(
         default=NAME,
         description="Operator-created Secret with the keys "
         f"'{USERNAME_KEY}' and '{PASSWORD_KEY}' of a login role granted "
-        "pg_monitor. The exporter reads them once at start, so restart it "
-        f"after rotating the password. Defaults to '{NAME}'.",
+        "pg_monitor; a final newline in either is ignored. The exporter reads "
+        "them once at start, so restart it after rotating the password. "
+        f"Defaults to '{NAME}'.",
     )
     resources: Resources = Field(
         default=Resources(

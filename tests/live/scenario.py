@@ -28,8 +28,9 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 LOOPBACK = "127.0.0.1"
@@ -124,7 +125,10 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float) -> None:
 
 def assert_private_network() -> None:
     """Bring loopback up; refuse to go on if any other interface exists."""
-    interfaces = sorted(os.listdir("/sys/class/net"))
+    # /proc/self/net/dev lists this process's namespace; /sys/class/net
+    # would list the namespace sysfs was mounted in.
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    interfaces = sorted(line.split(":")[0].strip() for line in lines)
     if interfaces != ["lo"]:
         raise RuntimeError(
             f"network interfaces {interfaces} found: run this under `unshare -n`"
@@ -138,9 +142,13 @@ def as_user(uid: int, gid: int, groups: list[int] | None = None) -> list[str]:
     return ["setpriv", f"--reuid={uid}", f"--regid={gid}", *extra, "--"]
 
 
+# No proxy, whatever the environment says: requests go to loopback only.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout: float = 20) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with _DIRECT.open(url, timeout=timeout) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
@@ -166,11 +174,14 @@ def run_exporter(
         cwd=root,
     )
     url = spec["url"]
-    wait_until(
-        "the exporter",
-        lambda: process.poll() is None and answers(f"{url}{spec['ready_path']}"),
-        timeout=15,
-    )
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"exporter {name} exited with {process.returncode}")
+        # The path the rendered readiness probe asks for.
+        return answers(f"{url}{spec['ready_path']}")
+
+    wait_until(f"exporter {name}", ready, timeout=15)
     scrapes = []
     for _ in range(spec.get("scrapes", 2)):
         status, text = http_get(f"{url}/metrics")
@@ -365,15 +376,16 @@ def run_postgres(spec: dict[str, Any], root: Path, processes: Processes) -> dict
         # Spelled out, so the standby need not find the password elsewhere.
         with (replica.data / "postgresql.auto.conf").open("a") as conf:
             conf.write(
-                "primary_conninfo = 'host=127.0.0.1 port=%d user=postgres "
-                "password=%s'\n" % (primary.port, primary.superuser_password)
+                f"primary_conninfo = 'host={LOOPBACK} port={primary.port} "
+                f"user=postgres password={primary.superuser_password}'\n"
             )
         replica.start()
         wait_until(
             "the standby's WAL receiver",
-            lambda: replica.superuser(
-                "SELECT status FROM pg_stat_wal_receiver"
-            ).strip() == "streaming",
+            lambda: (
+                replica.superuser("SELECT status FROM pg_stat_wal_receiver").strip()
+                == "streaming"
+            ),
             timeout=20,
         )
         # New rows on the primary, then wait until the standby replayed them,
@@ -384,18 +396,20 @@ def run_postgres(spec: dict[str, Any], root: Path, processes: Processes) -> dict
         )
         wait_until(
             "the standby's replay",
-            lambda: replica.superuser(
-                "SELECT count(*) FROM boards WHERE name = 'after the standby'",
-                database=DATABASE,
-            ).strip() == "1",
+            lambda: (
+                replica.superuser(
+                    "SELECT count(*) FROM boards WHERE name = 'after the standby'",
+                    database=DATABASE,
+                ).strip()
+                == "1"
+            ),
             timeout=20,
         )
         result["replica_in_recovery"] = replica.superuser(
             "SELECT pg_is_in_recovery()"
         ).strip()
         result["replica_sql"] = [
-            sql_check(replica, query, monitor)
-            for query in spec.get("sql_checks", [])
+            sql_check(replica, query, monitor) for query in spec.get("sql_checks", [])
         ]
 
     result["exporters"] = {}
