@@ -29,7 +29,9 @@ from cdk8s import App, YamlOutputType
 
 from charts.loader import SETTINGS_DIR, load_environments
 from charts.monitoring_chart import MonitoringChart
+from constructs_lib.common import declared_secrets
 from constructs_lib.errors import ConfigurationError
+from constructs_lib.integrity import check_references
 from constructs_lib.rules import check_with_promtool
 
 ROOT = Path(__file__).resolve().parent
@@ -46,6 +48,10 @@ def render(settings_dir: Path, outdir: Path) -> list[Path]:
         except ConfigurationError as error:
             raise ConfigurationError(where, str(error)) from None
         check_with_promtool(chart.stack.prometheus.rule_files, where=where)
+        problems = check_references(chart.to_json(), declared_secrets(chart))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ConfigurationError(where, f"{problems[0]}{more}")
     app.synth()
     return sorted(outdir.glob("*.k8s.yaml"))
 

@@ -29,6 +29,7 @@ from constructs_lib.common import (
     config_map_volume,
     container_port,
     container_security,
+    declare_secret,
     disruption_budget,
     http_probe,
     image_tag,
@@ -255,6 +256,14 @@ class Alertmanager(Construct):
         selector = selector_labels(NAME)
 
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
+        declare_secret(
+            self,
+            name=self.secret_name,
+            namespace=namespace,
+            keys=SECRET_KEYS,
+            purpose="Alertmanager: PagerDuty Events v2 routing key, Slack "
+            "incoming-webhook URL, SMTP password",
+        )
 
         config_map = k8s.KubeConfigMap(
             self,

@@ -396,3 +396,42 @@ def claim_template(
             ),
         ),
     )
+
+
+# --- secrets the operator creates -------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatorSecret:
+    """A Secret the chart mounts but never renders: the operator creates it."""
+
+    name: str
+    namespace: str
+    keys: tuple[str, ...]
+    purpose: str
+
+
+def declare_secret(
+    owner: Any, *, name: str, namespace: str, keys: Sequence[str], purpose: str
+) -> OperatorSecret:
+    """Record that ``owner`` mounts an operator-created Secret.
+
+    The synth-time reference check accepts a Secret volume only when its
+    Secret and keys are declared, and the README's list of Secrets to
+    create is tested against the declarations of the built-in charts.
+    """
+    secret = OperatorSecret(name, namespace, tuple(keys), purpose)
+    declared = getattr(owner, "operator_secrets", None)
+    if declared is None:
+        declared = []
+        owner.operator_secrets = declared
+    declared.append(secret)
+    return secret
+
+
+def declared_secrets(scope: Any) -> list[OperatorSecret]:
+    """Every operator Secret declared by a construct under ``scope``."""
+    found: list[OperatorSecret] = []
+    for construct in scope.node.find_all():
+        found += getattr(construct, "operator_secrets", [])
+    return found

@@ -33,6 +33,7 @@ from constructs_lib.common import (
     config_map_volume,
     container_port,
     container_security,
+    declare_secret,
     http_probe,
     image_tag,
     metadata,
@@ -192,8 +193,16 @@ class Grafana(Construct):
         prometheus: Endpoint,
         extra_datasources: list[dict[str, Any]] | None = None,
         scrape_interval: str = SCRAPE_INTERVAL,
+        extra_volumes: Sequence[tuple[k8s.Volume, k8s.VolumeMount]] = (),
     ) -> None:
+        """Render Grafana.
+
+        ``extra_volumes`` are mounted into the Grafana container, for the
+        files that ``extra_datasources`` read with ``$__file{path}`` (a
+        datasource's password or CA). Defaults to none.
+        """
         super().__init__(scope, id)
+        self.extra_volumes = list(extra_volumes)
         self.settings = settings
         self.namespace = namespace
         self.endpoint = Endpoint(NAME, PORT)
@@ -208,6 +217,13 @@ class Grafana(Construct):
 
         # Grafana does not call the Kubernetes API; its pod gets no token.
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
+        declare_secret(
+            self,
+            name=settings.admin_secret_name,
+            namespace=namespace,
+            keys=SECRET_KEYS,
+            purpose="Grafana's first admin account",
+        )
 
         config_maps = [
             k8s.KubeConfigMap(
@@ -322,6 +338,7 @@ class Grafana(Construct):
                 mount("admin", SECRETS_DIR),
                 mount("storage", DATA_DIR, read_only=False),
                 mount("tmp", TMP_DIR, read_only=False),
+                *[volume_mount for _, volume_mount in self.extra_volumes],
             ],
         )
         return k8s.PodTemplateSpec(
@@ -361,6 +378,7 @@ class Grafana(Construct):
                             size_limit=k8s.Quantity.from_string("100Mi")
                         ),
                     ),
+                    *[volume for volume, _ in self.extra_volumes],
                 ],
             ),
         )

@@ -29,6 +29,7 @@ from constructs_lib.common import (
     config_map_volume,
     container_port,
     container_security,
+    declare_secret,
     http_probe,
     image_tag,
     metadata,
@@ -206,6 +207,13 @@ class PostgresExporter(Construct):
         self.queries = load_queries()
 
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
+        declare_secret(
+            self,
+            name=settings.credentials_secret,
+            namespace=namespace,
+            keys=CREDENTIAL_KEYS,
+            purpose="postgres-exporter's login role (granted pg_monitor)",
+        )
 
         config_map = k8s.KubeConfigMap(
             self,

@@ -25,6 +25,7 @@ from constructs_lib.common import (
     StrictModel,
     container_port,
     container_security,
+    declare_secret,
     http_probe,
     image_tag,
     metadata,
@@ -123,6 +124,15 @@ class RedisExporter(Construct):
         selector = selector_labels(NAME)
 
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
+        if settings.password_secret is not None:
+            declare_secret(
+                self,
+                name=settings.password_secret,
+                namespace=namespace,
+                keys=[PASSWORD_FILE_KEY],
+                purpose="redis-exporter: JSON map of the Redis address to its "
+                "password",
+            )
 
         k8s.KubeDeployment(
             self,

@@ -140,6 +140,14 @@ BAD_SETTINGS = {
         _set("prometheus.retension", "30d"),
         ["prometheus.retension", "unknown setting", "retention"],
     ),
+    "dangling-scrape-target": (
+        "production",
+        _set(
+            "prometheus.extra_scrape_configs",
+            [{"job_name": "x", "static_configs": [{"targets": ["grafan:3000"]}]}],
+        ),
+        ["environment 'production'", "prometheus-config", "no Service 'grafan'"],
+    ),
     "string-replicas": (
         "production",
         _set("prometheus.replicas", "2"),
@@ -222,7 +230,10 @@ def test_another_team_adds_a_scrape_job_and_a_rule_file_without_library_edits(
     def change(data: dict) -> None:
         data["extra_rule_files"] = [str(rule)]
         data["prometheus"]["extra_scrape_configs"] = [
-            {"job_name": "team-worker", "static_configs": [{"targets": ["w:9000"]}]}
+            {
+                "job_name": "team-worker",
+                "static_configs": [{"targets": ["worker.payments.svc:9000"]}],
+            }
         ]
 
     edit(project_copy, "staging", change)

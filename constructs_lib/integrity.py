@@ -1,0 +1,490 @@
+"""Reference checks on rendered manifests, run at every synth.
+
+A manifest can be schema-valid and still fail in a cluster: a Service that
+selects no pod, a volume of a ConfigMap key nobody renders, a scrape target
+with a misspelled Service name. ``check_references`` reads the manifests of
+one chart the way the cluster and the programs in it would, and returns one
+line per reference that does not resolve, naming the object and the
+reference.
+
+What the chart deliberately leaves to the operator is declared, not assumed:
+Secrets are accepted only when a construct declared them with
+``common.declare_secret``, and addresses outside the chart (the
+application's own pods, database and cache) are never written as Service
+names of this namespace.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from constructs_lib.common import SERVICE_ACCOUNT_DIR, OperatorSecret
+
+Doc = dict[str, Any]
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+_SELF = {"localhost", "127.0.0.1", "0.0.0.0"}
+_POD_DNS = re.compile(
+    r"^(?P<set>[a-z0-9-]+)-(?P<index>[0-9]+)\.(?P<service>[a-z0-9-]+)$"
+)
+_FILE_REFERENCE = re.compile(r"\$__file\{([^}]+)\}")
+
+
+def check_references(
+    documents: Sequence[Doc], secrets: Iterable[OperatorSecret]
+) -> list[str]:
+    """Every unresolved reference in one chart's documents, one line each."""
+    chart = _Chart(documents, secrets)
+    return (
+        chart.services()
+        + chart.pods()
+        + chart.rbac()
+        + chart.statefulsets()
+        + chart.config_addresses()
+    )
+
+
+class _Chart:
+    def __init__(self, documents: Sequence[Doc], secrets: Iterable[OperatorSecret]):
+        self.documents = [doc for doc in documents if doc]
+        self.secrets = {(s.namespace, s.name): set(s.keys) for s in secrets}
+
+    # --- lookups -----------------------------------------------------------
+
+    def of_kind(self, kind: str) -> list[Doc]:
+        return [doc for doc in self.documents if doc["kind"] == kind]
+
+    def named(self, kind: str) -> dict[tuple[str, str], Doc]:
+        return {
+            (doc["metadata"].get("namespace", ""), doc["metadata"]["name"]): doc
+            for doc in self.of_kind(kind)
+        }
+
+    def pod_templates(self) -> list[tuple[Doc, Doc]]:
+        """(owner, pod template) of every workload, CronJobs included."""
+        found = []
+        for doc in self.documents:
+            if doc["kind"] == "CronJob":
+                found.append((doc, doc["spec"]["jobTemplate"]["spec"]["template"]))
+            elif doc["kind"] in WORKLOAD_KINDS:
+                found.append((doc, doc["spec"]["template"]))
+        return found
+
+    # --- checks ------------------------------------------------------------
+
+    def services(self) -> list[str]:
+        problems = []
+        for service in self.of_kind("Service"):
+            name = _name(service)
+            namespace = service["metadata"].get("namespace", "")
+            selector = service["spec"].get("selector") or {}
+            pods = [
+                template
+                for owner, template in self.pod_templates()
+                if owner["metadata"].get("namespace", "") == namespace
+                and selector
+                and selector.items() <= template["metadata"].get("labels", {}).items()
+            ]
+            if not pods:
+                problems.append(f"{name}: selects no pod template ({selector})")
+                continue
+            for port in service["spec"].get("ports", []):
+                target = port.get("targetPort", port["port"])
+                for template in pods:
+                    if not _declares_port(template["spec"], target):
+                        problems.append(
+                            f"{name}: port {port['port']} targets {target!r}, "
+                            "which the selected containers do not expose"
+                        )
+                        break
+        return problems
+
+    def pods(self) -> list[str]:
+        problems = []
+        config_maps = self.named("ConfigMap")
+        claims = self.named("PersistentVolumeClaim")
+        accounts = self.named("ServiceAccount")
+        for owner, template in self.pod_templates():
+            name = _name(owner)
+            namespace = owner["metadata"].get("namespace", "")
+            spec = template["spec"]
+            claim_templates = {
+                t["metadata"]["name"]
+                for t in owner["spec"].get("volumeClaimTemplates", [])
+            }
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            account = spec.get("serviceAccountName")
+            if account and (namespace, account) not in accounts:
+                problems.append(f"{name}: ServiceAccount {account!r} is not rendered")
+            for volume in volumes.values():
+                problems += self._volume(name, namespace, volume, config_maps, claims)
+            containers = spec["containers"] + spec.get("initContainers", [])
+            for container in containers:
+                where = f"{name} container {container['name']}"
+                for mount in container.get("volumeMounts", []):
+                    if (
+                        mount["name"] not in volumes
+                        and mount["name"] not in claim_templates
+                    ):
+                        problems.append(
+                            f"{where}: mounts {mount['name']!r}, which is no "
+                            "volume of the pod"
+                        )
+                for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                    port = _probe_port(container.get(probe))
+                    if port is not None and not _container_port(container, port):
+                        problems.append(
+                            f"{where}: {probe} uses port {port!r}, which the "
+                            "container does not expose"
+                        )
+                problems += self._files(where, spec, container, volumes)
+            problems += self._rollout(owner, volumes, claims)
+        return problems
+
+    def _volume(
+        self,
+        owner: str,
+        namespace: str,
+        volume: Doc,
+        config_maps: Mapping[tuple[str, str], Doc],
+        claims: Mapping[tuple[str, str], Doc],
+    ) -> list[str]:
+        where = f"{owner} volume {volume['name']}"
+        if "configMap" in volume:
+            source = volume["configMap"]
+            config_map = config_maps.get((namespace, source["name"]))
+            if config_map is None:
+                return [f"{where}: ConfigMap {source['name']!r} is not rendered"]
+            data = config_map.get("data", {})
+            return [
+                f"{where}: ConfigMap {source['name']!r} has no key {item['key']!r}"
+                for item in source.get("items", [])
+                if item["key"] not in data
+            ]
+        if "secret" in volume:
+            source = volume["secret"]
+            keys = self.secrets.get((namespace, source["secretName"]))
+            if keys is None:
+                return [
+                    f"{where}: Secret {source['secretName']!r} is neither "
+                    "rendered nor declared as one the operator creates"
+                ]
+            return [
+                f"{where}: Secret {source['secretName']!r} is not declared "
+                f"with the key {item['key']!r}"
+                for item in source.get("items", [])
+                if item["key"] not in keys
+            ]
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if (namespace, claim) not in claims:
+                return [f"{where}: claim {claim!r} is not rendered"]
+        return []
+
+    def _files(
+        self, where: str, spec: Doc, container: Doc, volumes: Mapping[str, Doc]
+    ) -> list[str]:
+        """Files a container is told to read must come from a mount."""
+        provided = _provided_files(spec, container, volumes)
+        paths = [
+            env["value"]
+            for env in container.get("env", [])
+            if env["name"].endswith("_FILE") and "value" in env
+        ]
+        paths += [
+            arg.split("=", 1)[1]
+            for arg in container.get("args", [])
+            if arg.startswith("--") and "=" in arg and _is_file_flag(arg)
+        ]
+        problems = []
+        for path in paths:
+            if not _covered(path, provided):
+                problems.append(f"{where}: reads {path}, which no mount provides")
+        return problems
+
+    def _rollout(
+        self, owner: Doc, volumes: Mapping[str, Doc], claims: Mapping[Any, Doc]
+    ) -> list[str]:
+        """A rolling Deployment must not share a ReadWriteOnce claim."""
+        if owner["kind"] != "Deployment":
+            return []
+        strategy = owner["spec"].get("strategy", {}).get("type", "RollingUpdate")
+        if strategy != "RollingUpdate":
+            return []
+        namespace = owner["metadata"].get("namespace", "")
+        problems = []
+        for volume in volumes.values():
+            if "persistentVolumeClaim" not in volume:
+                continue
+            claim = claims.get(
+                (namespace, volume["persistentVolumeClaim"]["claimName"])
+            )
+            if claim and "ReadWriteOnce" in claim["spec"].get("accessModes", []):
+                problems.append(
+                    f"{_name(owner)}: a RollingUpdate with the ReadWriteOnce "
+                    f"claim {claim['metadata']['name']!r} deadlocks when the new "
+                    "pod lands on another node; use the Recreate strategy"
+                )
+        return problems
+
+    def rbac(self) -> list[str]:
+        problems = []
+        accounts = self.named("ServiceAccount")
+        roles = self.named("Role")
+        cluster_roles = {name for _, name in self.named("ClusterRole")}
+        for binding in self.of_kind("RoleBinding") + self.of_kind("ClusterRoleBinding"):
+            name = _name(binding)
+            ref = binding["roleRef"]
+            namespace = binding["metadata"].get("namespace", "")
+            if ref["kind"] == "Role" and (namespace, ref["name"]) not in roles:
+                problems.append(f"{name}: Role {ref['name']!r} is not rendered")
+            if ref["kind"] == "ClusterRole" and ref["name"] not in cluster_roles:
+                problems.append(f"{name}: ClusterRole {ref['name']!r} is not rendered")
+            for subject in binding.get("subjects", []):
+                key = (subject.get("namespace", ""), subject["name"])
+                if subject["kind"] == "ServiceAccount" and key not in accounts:
+                    problems.append(
+                        f"{name}: ServiceAccount {subject['name']!r} in "
+                        f"{key[0]!r} is not rendered"
+                    )
+        return problems
+
+    def statefulsets(self) -> list[str]:
+        problems = []
+        services = self.named("Service")
+        for statefulset in self.of_kind("StatefulSet"):
+            namespace = statefulset["metadata"].get("namespace", "")
+            governing = services.get((namespace, statefulset["spec"]["serviceName"]))
+            if governing is None or governing["spec"].get("clusterIP") != "None":
+                problems.append(
+                    f"{_name(statefulset)}: serviceName "
+                    f"{statefulset['spec']['serviceName']!r} is not a headless "
+                    "Service of the chart"
+                )
+        return problems
+
+    def config_addresses(self) -> list[str]:
+        """Addresses inside rendered configs resolve to Services and ports."""
+        problems = []
+        for config_map in self.of_kind("ConfigMap"):
+            namespace = config_map["metadata"].get("namespace", "")
+            for key, text in (config_map.get("data") or {}).items():
+                where = f"ConfigMap {config_map['metadata']['name']} {key}"
+                for address in _addresses(key, text):
+                    problem = self.resolve(namespace, address)
+                    if problem:
+                        problems.append(f"{where}: {problem}")
+                problems += self._config_files(config_map, key, text)
+        return problems
+
+    def _config_files(self, config_map: Doc, key: str, text: str) -> list[str]:
+        """Files a config tells its program to read come from the pod's mounts."""
+        paths = _file_paths(text)
+        if not paths:
+            return []
+        problems = []
+        name = config_map["metadata"]["name"]
+        for owner, template in self.pod_templates():
+            spec = template["spec"]
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            uses = {
+                v["name"]
+                for v in volumes.values()
+                if v.get("configMap", {}).get("name") == name
+            }
+            readers = [
+                container
+                for container in spec["containers"]
+                if uses & {m["name"] for m in container.get("volumeMounts", [])}
+            ]
+            if not readers:
+                continue
+            # Sidecars mount the same config only to watch it; the file must
+            # be reachable from at least one container that reads the config.
+            for path in paths:
+                if not any(
+                    _covered(path, _provided_files(spec, reader, volumes))
+                    for reader in readers
+                ):
+                    problems.append(
+                        f"ConfigMap {name} {key}: {path} is read in "
+                        f"{_name(owner)}, but no container mounting the "
+                        "config has a mount that provides it"
+                    )
+        return problems
+
+    def resolve(self, namespace: str, address: str) -> str | None:
+        """Why ``host:port`` names nothing the chart deploys, or None.
+
+        A bare name, or one qualified with this namespace, can only be a
+        Service of this namespace; ``pod-N.governing`` is replica N of a
+        StatefulSet. A name qualified with another namespace is outside the
+        chart (another team's target) and is not checked.
+        """
+        host, _, port_text = address.rpartition(":")
+        if host in _SELF:
+            return None
+        labels = host.split(".")
+        services = self.named("Service")
+        pod = _POD_DNS.match(".".join(labels[:2]))
+        if (
+            pod
+            and (namespace, pod["service"]) in services
+            and _local(labels[2:], namespace)
+        ):
+            governing = services[(namespace, pod["service"])]
+            statefulset = self.named("StatefulSet").get((namespace, pod["set"]))
+            if (
+                statefulset is None
+                or statefulset["spec"]["serviceName"] != pod["service"]
+            ):
+                return (
+                    f"{address}: no StatefulSet {pod['set']!r} governed by "
+                    f"{pod['service']!r}"
+                )
+            if int(pod["index"]) >= statefulset["spec"].get("replicas", 1):
+                return (
+                    f"{address}: StatefulSet {pod['set']!r} has no replica "
+                    f"{pod['index']}"
+                )
+            service = governing
+        elif _local(labels[1:], namespace):
+            service = services.get((namespace, labels[0]))
+            if service is None:
+                return f"{address}: no Service {labels[0]!r} in {namespace!r}"
+        else:
+            return None
+        ports = [p["port"] for p in service["spec"].get("ports", [])]
+        if int(port_text) not in ports:
+            return (
+                f"{address}: Service {service['metadata']['name']!r} exposes "
+                f"{ports}, not {port_text}"
+            )
+        return None
+
+
+def _local(suffix: Sequence[str], namespace: str) -> bool:
+    """Whether a DNS suffix keeps a name inside ``namespace``."""
+    return list(suffix) in (
+        [],
+        [namespace],
+        [namespace, "svc"],
+        [namespace, "svc", "cluster", "local"],
+    )
+
+
+# --- reading configs ---------------------------------------------------------
+
+
+def _addresses(key: str, text: str) -> list[str]:
+    """The in-cluster addresses a known config file refers to."""
+    if key == "prometheus.yml":
+        config = yaml.safe_load(text) or {}
+        targets = [
+            target
+            for job in config.get("scrape_configs", [])
+            for static in job.get("static_configs", [])
+            for target in static.get("targets", [])
+        ]
+        targets += [
+            target
+            for am in config.get("alerting", {}).get("alertmanagers", [])
+            for static in am.get("static_configs", [])
+            for target in static.get("targets", [])
+        ]
+        return targets
+    if key == "datasources.yaml":
+        config = yaml.safe_load(text) or {}
+        return [_url_address(s["url"]) for s in config.get("datasources", [])]
+    return []
+
+
+def _file_paths(text: str) -> list[str]:
+    """Paths under ``*_file`` keys of a YAML config, and Grafana file refs."""
+    paths = _FILE_REFERENCE.findall(text)
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return paths
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if str(key).endswith("_file") and isinstance(value, str):
+                    paths.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return paths
+
+
+def _url_address(url: str) -> str:
+    parsed = urlparse(url)
+    default = 443 if parsed.scheme == "https" else 80
+    return f"{parsed.hostname}:{parsed.port or default}"
+
+
+def _declares_port(spec: Doc, target: Any) -> bool:
+    return any(_container_port(container, target) for container in spec["containers"])
+
+
+def _container_port(container: Doc, port: Any) -> bool:
+    for declared in container.get("ports", []):
+        if port in (declared.get("name"), declared["containerPort"]):
+            return True
+    return False
+
+
+def _probe_port(probe: Doc | None) -> Any:
+    if not probe:
+        return None
+    for handler in ("httpGet", "tcpSocket", "grpc"):
+        if handler in probe:
+            return probe[handler]["port"]
+    return None
+
+
+def _is_file_flag(arg: str) -> bool:
+    flag = arg.split("=", 1)[0]
+    return flag.endswith(("-file", ".file", "_file", "-path", ".ca")) and (
+        "config" not in flag or flag.endswith("config.file")
+    )
+
+
+def _provided_files(
+    spec: Doc, container: Doc, volumes: Mapping[str, Doc]
+) -> list[tuple[str, set[str] | None]]:
+    """(mount path, the file names it provides or None for any) pairs."""
+    provided: list[tuple[str, set[str] | None]] = []
+    for mount in container.get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        items = None
+        for kind in ("secret", "configMap"):
+            if kind in volume and volume[kind].get("items"):
+                items = {item["path"] for item in volume[kind]["items"]}
+        provided.append((mount["mountPath"].rstrip("/"), items))
+    if spec.get("automountServiceAccountToken"):
+        provided.append((SERVICE_ACCOUNT_DIR, {"token", "ca.crt", "namespace"}))
+    return provided
+
+
+def _covered(path: str, provided: Sequence[tuple[str, set[str] | None]]) -> bool:
+    for directory, names in provided:
+        if path == directory:
+            return True
+        if path.startswith(directory + "/"):
+            rest = path[len(directory) + 1 :]
+            return names is None or rest in names
+    return False
+
+
+def _name(doc: Doc) -> str:
+    return f"{doc['kind']} {doc['metadata']['name']}"
