@@ -234,3 +234,18 @@ def documented_secrets() -> dict[str, set[str]]:
         name, keys = row
         secrets[name] = set(re.findall(r"`([A-Za-z0-9._-]+)`", keys))
     return secrets
+
+
+def test_readme_lists_every_secret_the_charts_declare() -> None:
+    from cdk8s import Testing
+
+    from charts.loader import load_environments
+    from charts.monitoring_chart import MonitoringChart
+    from constructs_lib.common import declared_secrets
+
+    documented = documented_secrets()
+    for settings in load_environments():
+        chart = MonitoringChart(Testing.app(), settings=settings)
+        for secret in declared_secrets(chart):
+            assert secret.name in documented, f"README lacks Secret {secret.name}"
+            assert set(secret.keys) == documented[secret.name], secret.name
