@@ -20,6 +20,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 18,20
 .PHONY: setup setup-test synth test lint clean
 
 $(VENV)/.installed: requirements.txt
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ./scripts/install-debs.sh python3-venv
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
@@ -34,7 +35,10 @@ setup: $(VENV)/.installed node_modules/.installed
 setup-test: setup
 	@./scripts/install-debs.sh $(TEST_DEBS)
 
+# The check runs the same validation first, so a bad setting stops with one
+# line instead of the CLI's report of a failed child process.
 synth: setup
+	@$(PY) main.py --check
 	npx --no-install cdk8s synth --check-upgrade=false
 
 test: setup-test

@@ -12,6 +12,10 @@ Environment variables:
   charts/settings/.
 - ``MONITORING_DIST_DIR``: publish to this directory instead of dist/.
 - ``MONITORING_DEBUG=1``: show the full traceback of an unexpected error.
+
+``python main.py --check`` validates and renders without writing anything;
+``make synth`` runs it first so that a bad setting stops with one line
+before the cdk8s CLI starts.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from charts.monitoring_chart import MonitoringChart
 from constructs_lib.common import declared_secrets
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.integrity import check_references
+from constructs_lib.prometheus import check_config_with_promtool
 from constructs_lib.rules import check_with_promtool
 
 ROOT = Path(__file__).resolve().parent
@@ -47,7 +52,9 @@ def render(settings_dir: Path, outdir: Path) -> list[Path]:
             chart = MonitoringChart(app, settings=settings)
         except ConfigurationError as error:
             raise ConfigurationError(where, str(error)) from None
-        check_with_promtool(chart.stack.prometheus.rule_files, where=where)
+        prometheus = chart.stack.prometheus
+        check_with_promtool(prometheus.rule_files, where=where)
+        check_config_with_promtool(prometheus.config, prometheus.rule_files, where)
         problems = check_references(chart.to_json(), declared_secrets(chart))
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -57,11 +64,30 @@ def render(settings_dir: Path, outdir: Path) -> list[Path]:
 
 
 def publish(files: list[Path], dist: Path) -> None:
-    """Replace ``dist`` with ``files`` in one rename, never half-written."""
+    """Replace ``dist`` with ``files``, never leaving it half-written.
+
+    The new directory is filled beside ``dist`` and renamed into place. A
+    ``dist`` that holds anything but rendered manifests is refused rather
+    than replaced, so a mistyped MONITORING_DIST_DIR cannot wipe a folder.
+    """
+    if dist.exists():
+        foreign = sorted(
+            p.name
+            for p in dist.iterdir()
+            if not (p.is_file() and p.name.endswith(".k8s.yaml"))
+        )
+        if foreign:
+            raise ConfigurationError(
+                str(dist),
+                f"holds {', '.join(foreign[:3])}, which synth did not render; "
+                "refusing to replace it (point MONITORING_DIST_DIR elsewhere)",
+            )
     dist.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{dist.name}.new-", dir=dist.parent))
+    staged.chmod(0o755)
     for path in files:
-        shutil.copy2(path, staged / path.name)
+        shutil.copyfile(path, staged / path.name)
+        (staged / path.name).chmod(0o644)
     retired = dist.parent / f".{dist.name}.old"
     shutil.rmtree(retired, ignore_errors=True)
     if dist.exists():
@@ -70,20 +96,25 @@ def publish(files: list[Path], dist: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Render and publish; with ``--check``, only validate and render."""
+    check_only = "--check" in argv
     settings_dir = Path(os.environ.get("MONITORING_SETTINGS_DIR", SETTINGS_DIR))
     dist = Path(os.environ.get("MONITORING_DIST_DIR", ROOT / "dist"))
     try:
         with tempfile.TemporaryDirectory(prefix="monitoring-synth-") as scratch:
             files = render(settings_dir, Path(scratch))
-            publish(files, dist)
-            # When run by `cdk8s synth`, also hand the files to the CLI,
-            # which lists what it finds in its own output directory.
+            if check_only:
+                return 0
+            # When run by `cdk8s synth`, hand the files to the CLI first,
+            # which lists what it finds in its own output directory; a
+            # failure here must not have touched dist/ yet.
             cli_outdir = os.environ.get("CDK8S_OUTDIR")
             if cli_outdir:
                 Path(cli_outdir).mkdir(parents=True, exist_ok=True)
                 for path in files:
-                    shutil.copy2(path, Path(cli_outdir) / path.name)
+                    shutil.copyfile(path, Path(cli_outdir) / path.name)
+            publish(files, dist)
     except ConfigurationError as error:
         print(f"synth failed: {error}", file=sys.stderr)
         return 1
@@ -100,4 +131,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from constructs_lib.errors import ConfigurationError
+from constructs_lib.rules import load_yaml_strict, yaml_problem
 from constructs_lib.stack import StackSettings
 
 SETTINGS_DIR = Path(__file__).resolve().parent / "settings"
@@ -37,9 +38,13 @@ def load_environment(path: Path) -> StackSettings:
     """Validate one environment file; its stem must match ``environment``."""
     where = f"environment {path.stem!r} ({path.name})"
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_strict(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        raise ConfigurationError(where, f"is not valid YAML: {error}") from None
+        raise ConfigurationError(
+            where, f"is not valid YAML: {yaml_problem(error)}"
+        ) from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigurationError(where, f"cannot be read: {error}") from None
     if not isinstance(data, dict):
         raise ConfigurationError(
             where, f"must be a mapping of settings, got {type(data).__name__}"

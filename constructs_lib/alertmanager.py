@@ -18,14 +18,15 @@ from pydantic import Field
 from constructs_lib.common import (
     NOBODY,
     DnsLabel,
+    DnsSubdomain,
     Duration,
+    DurationOrZero,
     Endpoint,
     Image,
-    Quantity,
     Resources,
+    StorageSize,
     StrictModel,
     claim_template,
-    config_checksum,
     config_map_volume,
     container_port,
     container_security,
@@ -106,11 +107,11 @@ class AlertmanagerSettings(StrictModel):
         description="Alertmanager peers; more than one forms a gossip cluster "
         "that deduplicates notifications. Defaults to 1.",
     )
-    storage_size: Quantity = Field(
+    storage_size: StorageSize = Field(
         default="2Gi",
         description="Volume for silences and notification log. Defaults to 2Gi.",
     )
-    storage_class: str | None = Field(
+    storage_class: DnsSubdomain | None = Field(
         default=None, description="StorageClass. Defaults to the cluster default."
     )
     resources: Resources = Field(
@@ -125,7 +126,7 @@ class AlertmanagerSettings(StrictModel):
     receivers: ReceiverSettings = Field(
         default_factory=ReceiverSettings, description="Notification targets."
     )
-    group_wait: Duration = Field(
+    group_wait: DurationOrZero = Field(
         default="10s", description="Wait before a new group's first notice."
     )
     group_interval: Duration = Field(
@@ -394,10 +395,9 @@ class Alertmanager(Construct):
             mounts=[mount("config", CONFIG_DIR)],
         )
         return k8s.PodTemplateSpec(
-            metadata=k8s.ObjectMeta(
-                labels=dict(labels),
-                annotations={"checksum/config": config_checksum(self.config)},
-            ),
+            # No config checksum here: the reloader applies config edits in
+            # place, and a checksum would restart the pods for each of them.
+            metadata=k8s.ObjectMeta(labels=dict(labels)),
             spec=k8s.PodSpec(
                 service_account_name=NAME,
                 automount_service_account_token=False,

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from imports import k8s
 
@@ -37,13 +37,46 @@ class StrictModel(BaseModel):
 
 # --- value types -----------------------------------------------------------
 
+# An image reference as the OCI distribution spec spells it: an optional
+# registry host (with a port), path components separated by '/', then a tag.
+# The tag also becomes the app.kubernetes.io/version label, so it is held to
+# the label rules too (at most 63 characters, alphanumeric at both ends).
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(
-    r"^(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+/[a-z0-9._/-]+)?)"
-    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(?:@sha256:[a-f0-9]{64})?$"
+    r"^(?P<repo>(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?"
+    rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    r":(?P<tag>[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)"
+    r"(?:@sha256:[a-f0-9]{64})?$"
 )
-_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
+# Go's time.ParseDuration as Prometheus restricts it: each unit at most once,
+# from the largest to the smallest.
+_DURATION = re.compile(
+    r"^(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?"
+    r"(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?$"
+)
+# Prometheus keeps durations as signed 64-bit nanoseconds.
+_MAX_DURATION_SECONDS = (2**63 - 1) / 1e9
 _QUANTITY = re.compile(r"^[0-9]+(?:\.[0-9]+)?(?:m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_SUFFIXES = {
+    "": 1,
+    "m": 0.001,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def _image(value: str) -> str:
@@ -51,7 +84,7 @@ def _image(value: str) -> str:
     if match is None:
         raise ValueError(
             f"image {value!r} must be 'repository:tag' with a released tag, "
-            "for example 'prom/prometheus:v2.40.0'"
+            "for example 'prom/prometheus:v2.42.0'"
         )
     if match.group("tag") == "latest":
         raise ValueError(
@@ -60,22 +93,48 @@ def _image(value: str) -> str:
     return value
 
 
+def _duration_or_zero(value: str) -> str:
+    if value == "0s":
+        return value
+    return _duration(value)
+
+
 def _duration(value: str) -> str:
-    if not _DURATION.match(value) or set(value) <= set("0msdhwy"):
+    if not value or not _DURATION.match(value) or set(value) <= set("0msdhwy"):
         raise ValueError(
             f"duration {value!r} is not a positive Prometheus duration such as "
-            "'15s', '5m', '30d' or '1h30m' (units ms, s, m, h, d, w, y)"
+            "'15s', '5m', '30d' or '1h30m' (units y, w, d, h, m, s, ms, each "
+            "at most once, largest first)"
         )
+    if duration_seconds(value) > _MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {value!r} is longer than Prometheus can hold")
     return value
 
 
 def _quantity(value: str) -> str:
-    if not _QUANTITY.match(value):
+    if not _QUANTITY.match(value) or quantity_value(value) <= 0:
         raise ValueError(
-            f"quantity {value!r} is not a Kubernetes quantity such as "
+            f"quantity {value!r} is not a positive Kubernetes quantity such as "
             "'500m', '2', '256Mi' or '100Gi'"
         )
     return value
+
+
+def _dns_subdomain(value: str) -> str:
+    if not _DNS_SUBDOMAIN.match(value):
+        raise ValueError(
+            f"name {value!r} is not a DNS subdomain (lower-case letters, digits, "
+            "'-' and '.', at most 253 characters)"
+        )
+    return value
+
+
+def quantity_value(quantity: str) -> float:
+    """The number a Kubernetes quantity stands for (``2Gi`` is 2147483648)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", quantity)
+    if match is None or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
+    return float(match.group(1)) * _SUFFIXES[match.group(2)]
 
 
 def _dns_label(value: str) -> str:
@@ -91,13 +150,32 @@ Image = Annotated[str, AfterValidator(_image)]
 """A container image pinned to a released tag, never ``latest``."""
 
 Duration = Annotated[str, AfterValidator(_duration)]
-"""A Prometheus duration: ``15s``, ``5m``, ``30d``."""
+"""A positive Prometheus duration: ``15s``, ``5m``, ``30d``."""
+
+DurationOrZero = Annotated[str, AfterValidator(_duration_or_zero)]
+"""A Prometheus duration that may also be ``0s``."""
+
+
+def _storage_size(value: str) -> str:
+    _quantity(value)
+    if quantity_value(value) < 2**30:
+        raise ValueError(
+            f"volume size {value!r} is below 1Gi; give a size such as '10Gi'"
+        )
+    return value
+
 
 Quantity = Annotated[str, AfterValidator(_quantity)]
 """A Kubernetes resource quantity: ``500m``, ``2Gi``."""
 
+StorageSize = Annotated[str, AfterValidator(_storage_size)]
+"""A volume size of at least 1Gi: ``20Gi``, ``100Gi``."""
+
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
 """A Kubernetes namespace or object name."""
+
+DnsSubdomain = Annotated[str, AfterValidator(_dns_subdomain)]
+"""A Kubernetes object name that may contain dots, such as a StorageClass."""
 
 
 def duration_seconds(value: str) -> float:
@@ -126,6 +204,25 @@ class Resources(StrictModel):
     memory_limit: Quantity = Field(
         description="Memory past which the container is killed."
     )
+
+    @model_validator(mode="after")
+    def _requests_fit_limits(self) -> Resources:
+        for kind in ("memory_request", "memory_limit"):
+            if quantity_value(getattr(self, kind)) < 4 * 2**20:
+                raise ValueError(
+                    f"{kind} {getattr(self, kind)!r} is below 4Mi; memory is "
+                    "counted in bytes, so write e.g. '256Mi' ('m' means 1/1000)"
+                )
+        # The API server refuses a pod whose request exceeds its limit.
+        for kind in ("cpu", "memory"):
+            request = getattr(self, f"{kind}_request")
+            limit = getattr(self, f"{kind}_limit")
+            if quantity_value(request) > quantity_value(limit):
+                raise ValueError(
+                    f"{kind}_request {request!r} exceeds {kind}_limit {limit!r}; "
+                    "a request must not be larger than its limit"
+                )
+        return self
 
     def to_k8s(self) -> k8s.ResourceRequirements:
         """Return the container ``resources`` block."""

@@ -24,10 +24,11 @@ from pydantic import Field
 
 from constructs_lib.common import (
     DnsLabel,
+    DnsSubdomain,
     Endpoint,
     Image,
-    Quantity,
     Resources,
+    StorageSize,
     StrictModel,
     config_checksum,
     config_map_volume,
@@ -85,11 +86,11 @@ class GrafanaSettings(StrictModel):
         "database lives on a ReadWriteOnce volume that one pod can hold. "
         "More replicas would need an external SQL database.",
     )
-    storage_size: Quantity = Field(
+    storage_size: StorageSize = Field(
         default="10Gi",
         description="Volume for Grafana's database and plugins. Defaults to 10Gi.",
     )
-    storage_class: str | None = Field(
+    storage_class: DnsSubdomain | None = Field(
         default=None, description="StorageClass. Defaults to the cluster default."
     )
     resources: Resources = Field(

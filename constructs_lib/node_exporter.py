@@ -128,7 +128,6 @@ class NodeExporter(Construct):
                         host_pid=True,
                         dns_policy="ClusterFirstWithHostNet",
                         security_context=pod_security(NOBODY),
-                        priority_class_name="system-node-critical",
                         # Every node, tainted control-plane nodes included.
                         tolerations=[k8s.Toleration(operator="Exists")],
                         containers=[exporter],

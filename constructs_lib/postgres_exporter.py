@@ -87,6 +87,11 @@ def _data_source_uri(value: str) -> str:
             "exporter prepends 'postgresql://USER:PASSWORD@' itself, from the "
             "credentials Secret. Give 'host:port/database?sslmode=require'"
         )
+    if re.search(r"[?&](password|user|sslpassword|passfile)=", value):
+        raise ValueError(
+            f"data source {value!r} carries a credential parameter; the user "
+            "and password come only from the credentials Secret"
+        )
     if not _URI.match(value):
         raise ValueError(
             f"data source {value!r} is not 'host:port/database' with optional "
@@ -108,10 +113,11 @@ class PostgresExporterSettings(StrictModel):
         description="postgres_exporter image. Defaults to v0.11.1, the design's.",
     )
     data_source_uri: DataSourceUri = Field(
-        default="postgres.sunday-production.svc:5432/sunday?sslmode=require",
-        description="PostgreSQL server and database as 'host:port/database', "
-        "with connection parameters after '?', and no credentials. Defaults to the "
-        "production database 'sunday' over TLS (sslmode=require).",
+        description="Required: the PostgreSQL server and database as "
+        "'host:port/database', with connection parameters after '?' and no "
+        "credentials, e.g. "
+        "'postgres.sunday-production.svc:5432/sunday?sslmode=require'. No "
+        "default, so that a new environment never reads another's database.",
     )
     credentials_secret: DnsLabel = Field(
         default=NAME,

@@ -9,7 +9,11 @@ given, and nothing else.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -20,18 +24,19 @@ from constructs_lib.common import (
     NOBODY,
     SERVICE_ACCOUNT_DIR,
     DnsLabel,
+    DnsSubdomain,
     Duration,
     Endpoint,
     Image,
-    Quantity,
     Resources,
+    StorageSize,
     StrictModel,
     claim_template,
-    config_checksum,
     config_map_volume,
     container_port,
     container_security,
     disruption_budget,
+    duration_seconds,
     http_probe,
     image_tag,
     metadata,
@@ -45,6 +50,7 @@ from constructs_lib.common import (
 )
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.reloader import ReloaderSettings, reloader_container
+from constructs_lib.rules import find_promtool
 from imports import k8s
 
 NAME = "prometheus"
@@ -52,6 +58,32 @@ PORT = 9090
 CONFIG_DIR = "/etc/prometheus/config"
 RULES_DIR = "/etc/prometheus/rules"
 DATA_DIR = "/prometheus"
+
+# The keys a kubernetes_sd_config accepts in Prometheus 2.40, and its roles.
+_KUBERNETES_SD_KEYS = {
+    "api_server",
+    "role",
+    "kubeconfig_file",
+    "namespaces",
+    "selectors",
+    "attach_metadata",
+    "basic_auth",
+    "authorization",
+    "oauth2",
+    "tls_config",
+    "proxy_url",
+    "follow_redirects",
+    "enable_http2",
+}
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_KUBERNETES_SD_ROLES = {
+    "node",
+    "service",
+    "pod",
+    "endpoints",
+    "endpointslice",
+    "ingress",
+}
 
 # Kubernetes API groups and resources each service-discovery role watches.
 _DISCOVERY_RESOURCES: dict[str, list[str]] = {
@@ -67,8 +99,9 @@ class PrometheusSettings(StrictModel):
     """How Prometheus runs in one environment."""
 
     image: Image = Field(
-        default="prom/prometheus:v2.40.0",
-        description="Prometheus image. Defaults to the release the design names.",
+        default="prom/prometheus:v2.42.0",
+        description="Prometheus image. Defaults to v2.42.0, the release of the "
+        "promtool that checks the config and rules at every synth.",
     )
     replicas: int = Field(
         default=1,
@@ -85,11 +118,11 @@ class PrometheusSettings(StrictModel):
     retention: Duration = Field(
         default="30d", description="How long samples are kept. Defaults to 30d."
     )
-    storage_size: Quantity = Field(
+    storage_size: StorageSize = Field(
         default="100Gi",
         description="Size of each replica's TSDB volume. Defaults to 100Gi.",
     )
-    storage_class: str | None = Field(
+    storage_class: DnsSubdomain | None = Field(
         default=None,
         description="StorageClass of the TSDB volume. Defaults to the "
         "cluster's default class.",
@@ -104,9 +137,10 @@ class PrometheusSettings(StrictModel):
         description="Prometheus container resources. Defaults to the design's.",
     )
     app_namespaces: list[DnsLabel] = Field(
-        default_factory=lambda: ["sunday-production"],
         min_length=1,
-        description="Namespaces whose backend pods are scraped by annotation.",
+        description="Required: the namespaces whose backend pods are scraped "
+        "by annotation, e.g. ['sunday-production']. No default, so that a new "
+        "environment never watches another environment's application.",
     )
     backend_app_label: str = Field(
         default="backend",
@@ -134,7 +168,57 @@ class PrometheusSettings(StrictModel):
                     f"scrape config #{index + 1} has no job_name; every scrape "
                     "config needs a unique, non-empty job_name"
                 )
+        problems = kubernetes_sd_problems({"scrape_configs": configs})
+        problems += _literal_secrets(configs)
+        if problems:
+            raise ValueError(problems[0])
         return configs
+
+    @field_validator("scrape_interval", "evaluation_interval")
+    @classmethod
+    def _fits_the_rules(cls, value: str) -> str:
+        # The rules take rate() over 5m windows; rate() needs two samples in
+        # the window, so a scrape or evaluation slower than a minute leaves
+        # the alerts blind.
+        if not 1 <= duration_seconds(value) <= 60:
+            raise ValueError(
+                f"interval {value!r} must be between 1s and 1m: the alert rules "
+                "use 5m rate windows, which need several samples each"
+            )
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _holds_a_block(cls, value: str) -> str:
+        # The TSDB cuts blocks of two hours; less is dropped before it lands.
+        if duration_seconds(value) < 2 * 3600:
+            raise ValueError(f"retention {value!r} must be at least 2h")
+        return value
+
+
+_SECRET_KEYS = {"password", "bearer_token", "credentials", "client_secret"}
+
+
+def _literal_secrets(configs: Sequence[Any]) -> list[str]:
+    """Secret values written into a scrape config instead of a file path."""
+    problems = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _SECRET_KEYS:
+                    problems.append(
+                        f"{path}.{key} holds a secret in the rendered config; "
+                        f"use {key}_file with a file mounted from a Secret"
+                    )
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, f"{path}[{index}]")
+
+    for config in configs:
+        walk(config, f"job {config.get('job_name')!r}")
+    return problems
 
 
 def static_job(job: str, endpoint: Endpoint, **extra: Any) -> dict[str, Any]:
@@ -293,7 +377,9 @@ def discovery_rules(
     """What the service discovery of these jobs reads from the Kubernetes API.
 
     Returns the namespaced resources to list and watch, by namespace, and the
-    cluster-scoped ones (nodes, and ``nodes/metrics`` for the kubelet).
+    cluster-wide ones: nodes, ``nodes/metrics`` for the kubelet, and the
+    resources of any job that names no namespaces, because Prometheus then
+    watches every namespace.
     """
     namespaced: dict[str, set[str]] = {}
     cluster: set[str] = set()
@@ -305,12 +391,114 @@ def discovery_rules(
                 if job.get("scheme") == "https":
                     cluster.add("nodes/metrics")
                 continue
-            names = sd.get("namespaces", {}).get("names") or [own_namespace]
+            namespaces = sd.get("namespaces") or {}
+            names = list(namespaces.get("names") or [])
+            if namespaces.get("own_namespace"):
+                names.append(own_namespace)
+            if not names:
+                cluster.update(_DISCOVERY_RESOURCES[role])
             for namespace in names:
                 namespaced.setdefault(namespace, set()).update(
                     _DISCOVERY_RESOURCES[role]
                 )
     return namespaced, cluster
+
+
+def checkable_config(
+    config: Mapping[str, Any], rule_files: Mapping[str, str], workdir: Path
+) -> Path:
+    """Write ``config`` and its rules under ``workdir`` in a form promtool reads.
+
+    Debian's promtool is built without Kubernetes service discovery and
+    rejects ``kubernetes_sd_configs``, so each such block becomes a loopback
+    static target; the blocks themselves are checked by
+    :func:`kubernetes_sd_problems`. The ServiceAccount token and CA paths point
+    at stand-in files, because promtool insists that referenced files exist,
+    and the rule glob points at the rule files written beside the config.
+    Everything else is checked exactly as rendered.
+    """
+    sa_dir = workdir / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text("stand-in token\n")
+    (sa_dir / "ca.crt").write_text("")
+    rules_dir = workdir / "rules"
+    rules_dir.mkdir()
+    for name, text in rule_files.items():
+        (rules_dir / name).write_text(text)
+
+    text = yaml.safe_dump(dict(config)).replace(SERVICE_ACCOUNT_DIR, str(sa_dir))
+    checkable = yaml.safe_load(text.replace(RULES_DIR, str(rules_dir)))
+    for job in checkable["scrape_configs"]:
+        if job.pop("kubernetes_sd_configs", None) is not None:
+            job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(checkable))
+    return path
+
+
+def kubernetes_sd_problems(config: Mapping[str, Any]) -> list[str]:
+    """What upstream Prometheus would reject in the Kubernetes discovery blocks."""
+    problems = []
+    for job in config.get("scrape_configs", []):
+        for sd in job.get("kubernetes_sd_configs", []):
+            where = f"job {job.get('job_name')!r} kubernetes_sd_configs"
+            if not isinstance(sd, dict):
+                problems.append(f"{where}: {sd!r} is not a mapping")
+                continue
+            unknown = sorted(set(sd) - _KUBERNETES_SD_KEYS)
+            if unknown:
+                problems.append(f"{where}: unknown key(s) {', '.join(unknown)}")
+            if sd.get("role") not in _KUBERNETES_SD_ROLES:
+                problems.append(
+                    f"{where}: role {sd.get('role')!r} is not one of "
+                    f"{', '.join(sorted(_KUBERNETES_SD_ROLES))}"
+                )
+            namespaces = sd.get("namespaces", {})
+            if not isinstance(namespaces, dict) or set(namespaces) - {
+                "names",
+                "own_namespace",
+            }:
+                problems.append(
+                    f"{where}: namespaces takes only 'names' and 'own_namespace'"
+                )
+                continue
+            for name in namespaces.get("names") or []:
+                if not isinstance(name, str) or not _DNS_LABEL.match(name):
+                    problems.append(f"{where}: namespace {name!r} is not a DNS label")
+    return problems
+
+
+def check_config_with_promtool(
+    config: Mapping[str, Any], rule_files: Mapping[str, str], where: str
+) -> None:
+    """Run the real ``promtool check config`` on a rendered configuration.
+
+    Raises :class:`ConfigurationError` with promtool's first error line, so
+    a scrape config another team adds fails synth instead of the pod.
+    """
+    problems = kubernetes_sd_problems(config)
+    if problems:
+        raise ConfigurationError(f"{where}, prometheus.yml", problems[0])
+    promtool = find_promtool(where)
+    with tempfile.TemporaryDirectory(prefix="prometheus-check-") as tmp:
+        path = checkable_config(config, rule_files, Path(tmp))
+        result = subprocess.run(
+            [promtool, "check", "config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    if result.returncode != 0:
+        lines = [
+            line.strip()
+            for line in (result.stdout + "\n" + result.stderr).splitlines()
+            if line.strip() and not line.startswith("Checking")
+        ]
+        detail = " ".join(lines[:2]).replace(str(path), "prometheus.yml")
+        raise ConfigurationError(
+            f"{where}, prometheus.yml", f"promtool check config failed: {detail}"
+        )
 
 
 class Prometheus(Construct):
@@ -432,11 +620,7 @@ class Prometheus(Construct):
             )
         if cluster:
             cluster_role = f"{NAME}-{namespace}"
-            rules = [
-                k8s.PolicyRule(
-                    api_groups=[""], resources=["nodes"], verbs=["get", "list", "watch"]
-                )
-            ]
+            rules = _read_rules(cluster - {"nodes/metrics"})
             if "nodes/metrics" in cluster:
                 rules.append(
                     k8s.PolicyRule(
@@ -500,14 +684,9 @@ class Prometheus(Construct):
             mounts=[mount("config", CONFIG_DIR), mount("rules", RULES_DIR)],
         )
         return k8s.PodTemplateSpec(
-            metadata=k8s.ObjectMeta(
-                labels=dict(labels),
-                annotations={
-                    # The reloader applies rule and config edits in place;
-                    # the checksum only matters for edits it cannot see.
-                    "checksum/config": config_checksum(self.config),
-                },
-            ),
+            # No config checksum here: the reloader applies config edits in
+            # place, and a checksum would restart the pods for each of them.
+            metadata=k8s.ObjectMeta(labels=dict(labels)),
             spec=k8s.PodSpec(
                 service_account_name=NAME,
                 # Service discovery reads the Kubernetes API with this token.

@@ -69,9 +69,9 @@ class RedisExporterSettings(StrictModel):
         description="redis_exporter image. Defaults to v1.45.0.",
     )
     redis_addr: RedisAddr = Field(
-        default="redis://redis.sunday-production.svc:6379",
-        description="Redis server as 'redis://host:port'. Defaults to the "
-        "production Redis.",
+        description="Required: the Redis server as 'redis://host:port', e.g. "
+        "'redis://redis.sunday-production.svc:6379'. No default, so that a new "
+        "environment never reads another's Redis.",
     )
     password_secret: DnsLabel | None = Field(
         default=None,
@@ -130,8 +130,7 @@ class RedisExporter(Construct):
                 name=settings.password_secret,
                 namespace=namespace,
                 keys=[PASSWORD_FILE_KEY],
-                purpose="redis-exporter: JSON map of the Redis address to its "
-                "password",
+                purpose="redis-exporter: JSON map of the Redis address to its password",
             )
 
         k8s.KubeDeployment(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,9 @@ from constructs_lib.errors import ConfigurationError
 DEFAULT_RULES_DIR = pathlib.Path(__file__).resolve().parent.parent / "rules"
 SEVERITIES = ("critical", "warning", "info")
 PROMTOOL_ENV = "PROMTOOL"
+RULE_GLOB = "*.yml"
+_RULE_FILE_NAME = re.compile(r"^[-._a-zA-Z0-9]+\.yml$")
+_CONFIG_MAP_LIMIT_BYTES = 1024 * 1024 - 64 * 1024  # room for the object itself
 
 # promtool checks four small files in well under a second; the bound only
 # stops a wedged binary from hanging a synth or a CI run.
@@ -52,8 +56,16 @@ def load_rule_files(paths: Iterable[pathlib.Path]) -> dict[str, str]:
     path_of: dict[str, pathlib.Path] = {}
     alerts_seen: dict[str, pathlib.Path] = {}
     groups_seen: dict[str, pathlib.Path] = {}
+    total = 0
     for path in paths:
         path = pathlib.Path(path)
+        if not _RULE_FILE_NAME.match(path.name):
+            raise ConfigurationError(
+                str(path),
+                f"file name {path.name!r} must end in '.yml' and use only "
+                "letters, digits, '-', '_' and '.': Prometheus loads "
+                f"{RULE_GLOB!r}, and the name becomes a ConfigMap key",
+            )
         if path.name in path_of:
             raise ConfigurationError(
                 str(path),
@@ -83,6 +95,12 @@ def load_rule_files(paths: Iterable[pathlib.Path]) -> dict[str, str]:
                 alerts_seen[alert] = path
         files[path.name] = text
         path_of[path.name] = path
+        total += len(text.encode())
+        if total > _CONFIG_MAP_LIMIT_BYTES:
+            raise ConfigurationError(
+                str(path),
+                "the rule files together exceed the 1 MiB a ConfigMap can hold",
+            )
     return files
 
 
@@ -94,7 +112,7 @@ def check_with_promtool(files: Mapping[str, str], where: str) -> None:
     error line, or telling the user to run ``make setup`` when promtool is
     not installed: a missing linter must not pass as a clean lint.
     """
-    promtool = _find_promtool(where)
+    promtool = find_promtool(where)
     with tempfile.TemporaryDirectory(prefix="rules-check-") as tmp:
         directory = pathlib.Path(tmp)
         for name in sorted(files):
@@ -175,16 +193,22 @@ _StrictLoader.add_constructor(
 )
 
 
+def load_yaml_strict(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a mapping key written twice."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
 def _parse(path: pathlib.Path, text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        return load_yaml_strict(text)
     except yaml.YAMLError as error:
         raise ConfigurationError(
-            str(path), f"not valid YAML: {_yaml_problem(error)}"
+            str(path), f"not valid YAML: {yaml_problem(error)}"
         ) from None
 
 
-def _yaml_problem(error: yaml.YAMLError) -> str:
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error as one line: the problem and where it is."""
     # PyYAML's own message spans several lines with a source excerpt; the
     # problem and its position are what a one-line error needs.
     if isinstance(error, yaml.MarkedYAMLError) and error.problem:
@@ -269,7 +293,7 @@ def _other(first: pathlib.Path, second: pathlib.Path) -> str:
     return "the same file" if first == second else str(first)
 
 
-def _find_promtool(where: str) -> str:
+def find_promtool(where: str) -> str:
     configured = os.environ.get(PROMTOOL_ENV)
     if configured:
         if os.path.isfile(configured) and os.access(configured, os.X_OK):

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from constructs import Construct
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from constructs_lib import prometheus as prom
 from constructs_lib.alertmanager import Alertmanager, AlertmanagerSettings
@@ -28,6 +28,7 @@ from constructs_lib.rules import default_rule_paths, load_rule_files
 from imports import k8s
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_RESERVED_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
 
 
 class StackSettings(StrictModel):
@@ -52,7 +53,9 @@ class StackSettings(StrictModel):
         "project root, loaded beside the built-in rules/ files. Defaults to "
         "none.",
     )
-    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    prometheus: PrometheusSettings = Field(
+        description="Required, for its app_namespaces."
+    )
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
     node_exporter: NodeExporterSettings = Field(default_factory=NodeExporterSettings)
@@ -60,10 +63,29 @@ class StackSettings(StrictModel):
         default_factory=KubeStateMetricsSettings
     )
     postgres_exporter: PostgresExporterSettings = Field(
-        default_factory=PostgresExporterSettings
+        description="Required, for its data_source_uri."
     )
-    redis_exporter: RedisExporterSettings = Field(default_factory=RedisExporterSettings)
+    redis_exporter: RedisExporterSettings = Field(
+        description="Required, for its redis_addr."
+    )
     reloader: ReloaderSettings = Field(default_factory=ReloaderSettings)
+
+    @model_validator(mode="after")
+    def _namespace_is_its_own(self) -> StackSettings:
+        # The chart renders the Namespace object and labels it for Pod
+        # Security; sharing it would relabel, and on delete remove, a
+        # namespace the stack does not own.
+        if self.namespace in _RESERVED_NAMESPACES:
+            raise ValueError(
+                f"namespace {self.namespace!r} is reserved; the stack needs a "
+                "namespace of its own, such as 'monitoring'"
+            )
+        if self.namespace in self.prometheus.app_namespaces:
+            raise ValueError(
+                f"namespace {self.namespace!r} is also an application namespace "
+                "in prometheus.app_namespaces; the stack needs one of its own"
+            )
+        return self
 
     def rule_paths(self) -> list[Path]:
         """The built-in rule files, then this environment's extra ones."""

@@ -43,12 +43,18 @@ def synthesize(build: Callable[[Chart], Any]) -> list[dict[str, Any]]:
     return chart.to_json()
 
 
+PG_URI = "postgres.sunday-production.svc:5432/sunday?sslmode=require"
+REDIS_ADDR = "redis://redis.sunday-production.svc:6379"
+
+
 def postgres(**settings: Any) -> list[dict[str, Any]]:
     return synthesize(
         lambda chart: PostgresExporter(
             chart,
             "postgres-exporter",
-            settings=PostgresExporterSettings(**settings),
+            settings=PostgresExporterSettings(
+                **{"data_source_uri": PG_URI, **settings}
+            ),
             namespace="monitoring",
         )
     )
@@ -59,7 +65,7 @@ def redis(**settings: Any) -> list[dict[str, Any]]:
         lambda chart: RedisExporter(
             chart,
             "redis-exporter",
-            settings=RedisExporterSettings(**settings),
+            settings=RedisExporterSettings(**{"redis_addr": REDIS_ADDR, **settings}),
             namespace="monitoring",
         )
     )
@@ -243,7 +249,7 @@ def test_postgres_exporter_exposes_its_endpoint_and_queries() -> None:
     exporter = PostgresExporter(
         Chart(app, "test"),
         "postgres-exporter",
-        settings=PostgresExporterSettings(),
+        settings=PostgresExporterSettings(data_source_uri=PG_URI),
         namespace="monitoring",
     )
 
@@ -349,7 +355,7 @@ def test_bad_postgres_exporter_settings_are_refused(
     settings: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValidationError, match=message):
-        PostgresExporterSettings(**settings)
+        PostgresExporterSettings(**{"data_source_uri": PG_URI, **settings})
 
 
 # --- redis-exporter --------------------------------------------------------
@@ -418,7 +424,7 @@ def test_redis_exporter_exposes_its_endpoint() -> None:
     exporter = RedisExporter(
         Chart(app, "test"),
         "redis-exporter",
-        settings=RedisExporterSettings(),
+        settings=RedisExporterSettings(redis_addr=REDIS_ADDR),
         namespace="monitoring",
     )
 
@@ -452,4 +458,4 @@ def test_bad_redis_exporter_settings_are_refused(
     settings: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(ValidationError, match=message):
-        RedisExporterSettings(**settings)
+        RedisExporterSettings(**{"redis_addr": REDIS_ADDR, **settings})

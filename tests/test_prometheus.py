@@ -10,73 +10,19 @@ import pytest
 import yaml
 
 from constructs_lib.common import SERVICE_ACCOUNT_DIR
-from constructs_lib.prometheus import RULES_DIR
+from constructs_lib.errors import ConfigurationError
+from constructs_lib.prometheus import (
+    RULES_DIR,
+    check_config_with_promtool,
+    checkable_config,
+    discovery_rules,
+    kubernetes_sd_problems,
+)
 from tests.conftest import Manifest, find_program
-
-# The keys a kubernetes_sd_config accepts in Prometheus 2.40, and its roles.
-# Debian's promtool is built without Kubernetes discovery, so these blocks
-# are checked here instead (see prometheus_config_for_promtool).
-KUBERNETES_SD_KEYS = {
-    "api_server",
-    "role",
-    "kubeconfig_file",
-    "namespaces",
-    "selectors",
-    "attach_metadata",
-    "basic_auth",
-    "authorization",
-    "oauth2",
-    "tls_config",
-    "proxy_url",
-    "follow_redirects",
-    "enable_http2",
-}
-KUBERNETES_SD_ROLES = {
-    "node",
-    "service",
-    "pod",
-    "endpoints",
-    "endpointslice",
-    "ingress",
-}
 
 
 def prometheus_yml(manifest: Manifest) -> dict[str, Any]:
     return manifest.config("prometheus-config", "prometheus.yml")
-
-
-def prometheus_config_for_promtool(
-    config: dict[str, Any], rule_files: dict[str, str], workdir: Path
-) -> Path:
-    """The rendered config, made checkable by Debian's promtool.
-
-    Substitutions, each the smallest that lets the real checker run:
-    - every ``kubernetes_sd_configs`` block becomes a loopback
-      ``static_configs`` target, because Debian builds Prometheus without
-      Kubernetes discovery; the blocks themselves are checked against the
-      upstream keys and roles by test_kubernetes_discovery_blocks_are_valid;
-    - the ServiceAccount token and CA paths point at stand-in files, because
-      promtool insists that referenced files exist;
-    - the rule glob points at the rendered rule files written to disk.
-    """
-    sa_dir = workdir / "serviceaccount"
-    sa_dir.mkdir()
-    (sa_dir / "token").write_text("stand-in token\n")
-    (sa_dir / "ca.crt").write_text("")
-    rules_dir = workdir / "rules"
-    rules_dir.mkdir()
-    for name, text in rule_files.items():
-        (rules_dir / name).write_text(text)
-
-    text = yaml.safe_dump(config).replace(SERVICE_ACCOUNT_DIR, str(sa_dir))
-    text = text.replace(RULES_DIR, str(rules_dir))
-    checkable = yaml.safe_load(text)
-    for job in checkable["scrape_configs"]:
-        if job.pop("kubernetes_sd_configs", None) is not None:
-            job["static_configs"] = [{"targets": ["127.0.0.1:9"]}]
-    path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(checkable))
-    return path
 
 
 def test_rendered_prometheus_config_passes_promtool(
@@ -84,7 +30,7 @@ def test_rendered_prometheus_config_passes_promtool(
 ) -> None:
     promtool = find_program("promtool")
     rules = manifest.get("ConfigMap", "prometheus-rules")["data"]
-    path = prometheus_config_for_promtool(prometheus_yml(manifest), rules, tmp_path)
+    path = checkable_config(prometheus_yml(manifest), rules, tmp_path)
 
     result = subprocess.run(
         [promtool, "check", "config", str(path)],
@@ -109,13 +55,52 @@ def test_kubernetes_discovery_blocks_are_valid(manifest: Manifest) -> None:
         for sd in job.get("kubernetes_sd_configs", [])
     ]
 
-    assert blocks, "expected Kubernetes discovery jobs"
-    for sd in blocks:
-        assert set(sd) <= KUBERNETES_SD_KEYS, sd
-        assert sd["role"] in KUBERNETES_SD_ROLES
-        if "namespaces" in sd:
-            assert set(sd["namespaces"]) <= {"names", "own_namespace"}
-            assert all(isinstance(n, str) for n in sd["namespaces"]["names"])
+    assert len(blocks) == 3
+    assert kubernetes_sd_problems(config) == []
+
+
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"role": "pods"}, "role 'pods' is not one of"),
+        ({"role": "pod", "namespace": {"names": ["a"]}}, "unknown key(s) namespace"),
+        ({"role": "pod", "namespaces": {"name": ["a"]}}, "namespaces takes only"),
+    ],
+    ids=["role", "key", "namespaces"],
+)
+def test_discovery_mistakes_are_named(block: dict, expected: str) -> None:
+    config = {"scrape_configs": [{"job_name": "x", "kubernetes_sd_configs": [block]}]}
+
+    [problem] = kubernetes_sd_problems(config)
+
+    assert expected in problem and "job 'x'" in problem
+
+
+def test_a_bad_scrape_config_fails_the_real_promtool_check() -> None:
+    config = {
+        "global": {"scrape_interval": "15s"},
+        "scrape_configs": [{"job_name": "x", "scrape_interval": "5x"}],
+    }
+
+    with pytest.raises(ConfigurationError, match="promtool check config failed"):
+        check_config_with_promtool(config, {}, "environment 'test'")
+
+
+def test_discovery_without_namespaces_is_granted_cluster_wide() -> None:
+    jobs = [
+        {"job_name": "a", "kubernetes_sd_configs": [{"role": "endpoints"}]},
+        {
+            "job_name": "b",
+            "kubernetes_sd_configs": [
+                {"role": "pod", "namespaces": {"own_namespace": True}}
+            ],
+        },
+    ]
+
+    namespaced, cluster = discovery_rules(jobs, "monitoring")
+
+    assert cluster == {"endpoints", "services", "pods"}
+    assert namespaced == {"monitoring": {"pods"}}
 
 
 def test_global_settings_follow_the_environment(manifest: Manifest) -> None:
@@ -291,7 +276,7 @@ def test_a_disruption_budget_exists_only_for_replicated_prometheus(
     Prometheus(
         chart,
         "prometheus",
-        settings=PrometheusSettings(replicas=replicas),
+        settings=PrometheusSettings(replicas=replicas, app_namespaces=["team-a-app"]),
         namespace="team-a",
         external_labels={"cluster": "c"},
         scrape_configs=[],

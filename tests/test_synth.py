@@ -123,7 +123,7 @@ BAD_SETTINGS = {
     "bad-retention": (
         "production",
         _set("prometheus.retention", "30x"),
-        ["prometheus.retention", "'30x'", "units ms, s, m, h, d, w, y"],
+        ["prometheus.retention", "'30x'", "units y, w, d, h, m, s, ms"],
     ),
     "untagged-image": (
         "production",
@@ -147,6 +147,22 @@ BAD_SETTINGS = {
             [{"job_name": "x", "static_configs": [{"targets": ["grafan:3000"]}]}],
         ),
         ["environment 'production'", "prometheus-config", "no Service 'grafan'"],
+    ),
+    "invalid-scrape-config": (
+        "staging",
+        _set(
+            "prometheus.extra_scrape_configs",
+            [{"job_name": "bad", "scrape_interval": "5x"}],
+        ),
+        ["environment 'staging'", "prometheus.yml", "promtool check config failed"],
+    ),
+    "unknown-discovery-role": (
+        "staging",
+        _set(
+            "prometheus.extra_scrape_configs",
+            [{"job_name": "bad", "kubernetes_sd_configs": [{"role": "bogus"}]}],
+        ),
+        ["prometheus.extra_scrape_configs", "role 'bogus' is not one of"],
     ),
     "string-replicas": (
         "production",
