@@ -24,13 +24,21 @@ SETTINGS_DIR = Path(__file__).resolve().parent / "settings"
 
 def load_environments(directory: Path = SETTINGS_DIR) -> list[StackSettings]:
     """Validate every environment file in ``directory``, sorted by name."""
-    paths = sorted(directory.glob("*.yaml"))
+    paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     if not paths:
         raise ConfigurationError(
             str(directory),
             "no environment files (*.yaml) found; add one per "
             "environment, e.g. production.yaml",
         )
+    stems = [path.stem for path in paths]
+    for path in paths:
+        if stems.count(path.stem) > 1:
+            raise ConfigurationError(
+                f"environment {path.stem!r}",
+                f"is defined twice ({path.stem}.yaml and {path.stem}.yml); "
+                "keep one",
+            )
     return [load_environment(path) for path in paths]
 
 

@@ -330,6 +330,23 @@ def openssl_subject_alt_name(
     )
 
 
+def declare_certs_secret(owner: Construct, namespace: str) -> None:
+    """Declare ``elasticsearch-certs``, the same way wherever it is mounted.
+
+    Kibana and the setup Job mount only ``ca.crt``; the declaration still
+    lists every key, because it describes the Secret the operator creates.
+    """
+    declare_secret(
+        owner,
+        name=elastic.CERTS_SECRET,
+        namespace=namespace,
+        keys=(elastic.CA_KEY, elastic.CERT_KEY, elastic.KEY_KEY),
+        purpose="the CA, and the node certificate and key of Elasticsearch's "
+        "HTTP and transport TLS (PEM); the certificate names every DNS name "
+        "of elasticsearch.certificate_sans(namespace)",
+    )
+
+
 def elasticsearch_config(settings: ElasticsearchSettings) -> dict[str, Any]:
     """The whole ``elasticsearch.yml`` as data, with flat dotted keys."""
     config: dict[str, Any] = {
@@ -745,14 +762,7 @@ class Elasticsearch(Construct):
 
         # Elasticsearch does not call the Kubernetes API; no token.
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
-        declare_secret(
-            self,
-            name=elastic.CERTS_SECRET,
-            namespace=namespace,
-            keys=(elastic.CA_KEY, elastic.CERT_KEY, elastic.KEY_KEY),
-            purpose="the CA and the node certificate of Elasticsearch's HTTP "
-            "and transport TLS (PEM)",
-        )
+        declare_certs_secret(self, namespace)
         declare_secret(
             self,
             name=settings.credentials_secret,

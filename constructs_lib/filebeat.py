@@ -119,11 +119,13 @@ _GLOB = re.compile(r"[*?\[]")
 def filebeat_user(index_prefix: str = DEFAULT_INDEX_PREFIX) -> ClientUser:
     """The Elasticsearch user Filebeat writes as, for one index prefix.
 
-    Filebeat loads its index template when it connects and then creates
+    Filebeat reads the cluster's version (``monitor``) and loads its index
+    template (``manage_index_templates``) when it connects, then creates
     documents in each day's data stream, which Elasticsearch creates on the
-    first write. ``monitor`` lets it read the cluster's version at connect;
-    nothing lets it read logs back, manage lifecycle policies or touch any
-    other index.
+    first write (``auto_configure``). It cannot read logs back, manage
+    lifecycle policies or write any other index. ``manage_index_templates``
+    reaches every template of the cluster; it is the price of Filebeat
+    loading its own, whose mappings only the Filebeat binary produces.
     """
     return ClientUser(
         username="filebeat_writer",

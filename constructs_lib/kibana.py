@@ -61,7 +61,7 @@ from constructs_lib.common import (
     service_account,
     standard_labels,
 )
-from constructs_lib.elasticsearch import quantity_bytes
+from constructs_lib.elasticsearch import declare_certs_secret, quantity_bytes
 from constructs_lib.errors import ConfigurationError
 from imports import k8s
 
@@ -399,13 +399,7 @@ class Kibana(Construct):
             f"reports, each at least {MIN_KEY_LENGTH} characters",
         )
         if elasticsearch.scheme == "https":
-            declare_secret(
-                self,
-                name=elastic.CERTS_SECRET,
-                namespace=namespace,
-                keys=(elastic.CA_KEY,),
-                purpose="the CA that signed Elasticsearch's certificate",
-            )
+            declare_certs_secret(self, namespace)
 
         config_map = k8s.KubeConfigMap(
             self,

@@ -161,7 +161,10 @@ def test_the_server_listens_on_8200_behind_the_secret_token(
     assert server["auth"] == {"secret_token": "${APM_SECRET_TOKEN}"}
     token_file = f"{TOKEN_DIR}/secret-token"
     assert f'APM_SECRET_TOKEN="$(cat {token_file})"' in script(objects)
-    assert secret_file(objects, token_file) == ("apm-server-secret-token", "secret-token")
+    assert secret_file(objects, token_file) == (
+        "apm-server-secret-token",
+        "secret-token",
+    )
 
 
 def test_output_is_https_with_the_ca_and_the_writer_password(
@@ -178,7 +181,10 @@ def test_output_is_https_with_the_ca_and_the_writer_password(
     assert output["username"] == "apm_writer"
     assert output["password"] == "${ES_PASSWORD}"
     assert f'ES_PASSWORD="$(cat {password_file})"' in script(objects)
-    assert secret_file(objects, password_file) == ("apm-server-elasticsearch", "password")
+    assert secret_file(objects, password_file) == (
+        "apm-server-elasticsearch",
+        "password",
+    )
     assert "index" not in output
 
 
@@ -198,7 +204,9 @@ def test_the_server_does_not_wait_on_templates_it_may_not_read(
 
 
 def test_the_rendered_config_passes_every_check(objects: list[dict]) -> None:
-    assert check_apm_server_config(config(objects), environment_variables=VARIABLES) == []
+    assert (
+        check_apm_server_config(config(objects), environment_variables=VARIABLES) == []
+    )
 
 
 def test_the_writer_role_only_creates_apm_documents() -> None:
@@ -270,7 +278,9 @@ def launch(tmp_path: Path, *, token: bool = True) -> subprocess.CompletedProcess
     """Run the launch script in dash with a stand-in for the apm-server binary."""
     sh = find_program("sh")
     binary = tmp_path / "apm-server"
-    binary.write_text('#!/bin/sh\nprintf "%s|" "$ES_PASSWORD" "$APM_SECRET_TOKEN" "$@"\n')
+    binary.write_text(
+        '#!/bin/sh\nprintf "%s|" "$ES_PASSWORD" "$APM_SECRET_TOKEN" "$@"\n'
+    )
     binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
     (tmp_path / "password").write_text("pa$$word\n")
     if token:

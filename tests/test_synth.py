@@ -276,3 +276,51 @@ def test_another_team_adds_a_scrape_job_and_a_rule_file_without_library_edits(
     assert "TeamQueueStuck" in rules["data"]["team.yml"]
     jobs = yaml.safe_load(config["data"]["prometheus.yml"])["scrape_configs"]
     assert jobs[-1]["job_name"] == "team-worker"
+
+
+def test_synth_refuses_to_replace_a_folder_it_did_not_render(
+    project_copy: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me\n")
+
+    result = synth(project_copy, victim)
+
+    assert result.returncode == 1
+    assert "notes.txt" in result.stderr and "refusing" in result.stderr
+    assert (victim / "notes.txt").read_text() == "keep me\n"
+
+
+def test_published_dist_is_readable_by_everyone(
+    project_copy: Path, tmp_path: Path
+) -> None:
+    dist = tmp_path / "out"
+
+    assert synth(project_copy, dist).returncode == 0
+
+    assert dist.stat().st_mode & 0o777 == 0o755
+    for path in dist.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_check_mode_validates_without_writing(
+    project_copy: Path, tmp_path: Path
+) -> None:
+    dist = tmp_path / "out"
+    env = {
+        **os.environ,
+        "MONITORING_SETTINGS_DIR": str(project_copy),
+        "MONITORING_DIST_DIR": str(dist),
+    }
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert not dist.exists()
