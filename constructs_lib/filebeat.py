@@ -28,9 +28,9 @@ hardened defaults, after node-exporter: the container runtime writes the
 container log files under ``/var/log/pods`` as root with mode 0640, and
 Filebeat must read them and keep its registry (which line of which file was
 shipped) on the node, so that a restarted pod neither loses nor re-sends
-logs. It still drops every capability (so root reads only what root owns or
-what is world-readable, and cannot override file permissions), cannot gain
-privileges, has a read-only root filesystem and mounts the host's log
+logs. It still drops every capability (so root reads only what the user or
+group permissions give it, and cannot override them; the ``adm`` group is
+added for Debian's nginx logs), cannot gain privileges, has a read-only root filesystem and mounts the host's log
 directories read-only. The only host path it writes is its registry
 directory. Like node-exporter it tolerates every taint, so no node's logs are
 missed.
@@ -102,6 +102,9 @@ INDEX_PATTERN = f"{DEFAULT_INDEX_PREFIX}-*"
 """What the Grafana Elasticsearch datasource and Kibana search."""
 TIME_FIELD = "@timestamp"
 """The event time of every document Filebeat writes."""
+
+ADM_GROUP = 4
+"""The group that may read the system's and nginx's logs on most distributions."""
 
 NGINX_INPUT_ID = "sunday-nginx"
 """The nginx input's id. It keys the input's registry state: never change it."""
@@ -199,6 +202,13 @@ class FilebeatSettings(StrictModel):
         description="Name of the daily index before '-YYYY.MM.DD', and of its "
         f"template. Defaults to '{DEFAULT_INDEX_PREFIX}'.",
     )
+    log_reader_groups: list[int] = Field(
+        default_factory=lambda: [ADM_GROUP],
+        description="Extra groups of the Filebeat process, for log files its "
+        "capability-less root cannot otherwise read. Defaults to [4], the "
+        "'adm' group of Debian, Ubuntu and RHEL: Debian's nginx writes its "
+        "logs as www-data:adm with mode 0640.",
+    )
     registry_host_path: str = Field(
         default="/var/lib/filebeat-data",
         description="Directory on each node that keeps Filebeat's registry "
@@ -235,6 +245,14 @@ class FilebeatSettings(StrictModel):
                 "'.', '_' or '-', starting with a letter or digit"
             )
         return prefix
+
+    @field_validator("log_reader_groups")
+    @classmethod
+    def _groups(cls, groups: list[int]) -> list[int]:
+        for group in groups:
+            if not 1 <= group <= 65535:
+                raise ValueError(f"group {group} must be a numeric id from 1 to 65535")
+        return groups
 
     @field_validator("registry_host_path")
     @classmethod
@@ -576,6 +594,8 @@ def _index_problems(config: Mapping[str, Any], output: Mapping[str, Any]) -> lis
             "output.elasticsearch.index is a custom index, so setup.ilm.enabled "
             "must be false"
         )
+    # A name without the date is one data stream forever: not the daily
+    # index the design, the Grafana datasource and retention by day expect.
     if "%{+" not in str(index):
         problems.append(
             f"output.elasticsearch.index {index!r} has no %{{+yyyy.MM.dd}}; "
@@ -593,6 +613,7 @@ def _input_problems(config: Mapping[str, Any]) -> list[str]:
             problems.append(f"input #{number} is {item!r}, not a mapping")
             continue
         kind = item.get("type")
+        # An input without paths reads nothing, and Filebeat refuses it.
         if not item.get("paths") and kind in ("filestream", "container", "log"):
             problems.append(f"input #{number} ({kind}) has no paths")
         # Deprecated in 8 and off by default in 9; filestream replaces it.
@@ -864,6 +885,9 @@ class Filebeat(Construct):
                     run_as_non_root=False,
                     run_as_user=ROOT,
                     run_as_group=ROOT,
+                    # Without capabilities root reads only what its user or
+                    # groups may; see log_reader_groups.
+                    supplemental_groups=list(settings.log_reader_groups) or None,
                     seccomp_profile=k8s.SeccompProfile(type="RuntimeDefault"),
                 ),
                 # Every node, tainted control-plane nodes included.

@@ -1,7 +1,7 @@
 """Write docs/settings.md: every environment setting, its default and meaning.
 
 Run ``.venv/bin/python scripts/settings_reference.py`` after changing a
-settings model; tests/test_docs.py fails while the committed page is stale.
+settings model; tests/test_project.py fails while the committed page is stale.
 """
 
 from __future__ import annotations

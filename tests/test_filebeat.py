@@ -491,6 +491,7 @@ def test_filebeat_runs_as_root_without_any_capability(objects: list[dict]) -> No
         "runAsNonRoot": False,
         "runAsUser": 0,
         "runAsGroup": 0,
+        "supplementalGroups": [4],
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert context["runAsUser"] == 0
@@ -501,6 +502,14 @@ def test_filebeat_runs_as_root_without_any_capability(objects: list[dict]) -> No
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
     spec = pod(objects)
     assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+
+
+def test_reader_groups_come_from_the_settings() -> None:
+    none = pod(synth(settings=FilebeatSettings(log_reader_groups=[])))
+    two = pod(synth(settings=FilebeatSettings(log_reader_groups=[4, 1001])))
+
+    assert "supplementalGroups" not in none["securityContext"]
+    assert two["securityContext"]["supplementalGroups"] == [4, 1001]
 
 
 def test_every_node_runs_filebeat(objects: list[dict]) -> None:
@@ -759,6 +768,9 @@ def test_a_template_disabled_index_needs_no_template_names() -> None:
         {"index_prefix": "Filebeat"},
         {"index_prefix": "-filebeat"},
         {"index_prefix": "filebeat sunday"},
+        {"log_reader_groups": [0]},
+        {"log_reader_groups": [70000]},
+        {"log_reader_groups": ["adm"]},
         {"registry_host_path": "/"},
         {"registry_host_path": "var/lib/filebeat"},
         {"hosts": ["elasticsearch:9200"]},
@@ -776,6 +788,9 @@ def test_a_template_disabled_index_needs_no_template_names() -> None:
         "upper-case-prefix",
         "dash-prefix",
         "space-in-prefix",
+        "root-group",
+        "group-out-of-range",
+        "group-by-name",
         "registry-at-root",
         "relative-registry",
         "unknown-key",
