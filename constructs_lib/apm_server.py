@@ -11,17 +11,20 @@ pipelines and lifecycle policies of those data streams belong to the APM
 integration package, which Kibana's Fleet installs (8.0 breaking changes:
 "Fleet is now entirely responsible for setting up index templates, index
 lifecycle policies, and index pipelines"; ``setup.*`` and
-``output.elasticsearch.index`` are gone). Events written before the package
-is installed create data streams with the wrong mappings. ``APM_SETUP_STEP``
-installs the package from the copy bundled with Kibana, and must run before
-the setup Job creates ``apm_writer``: until that user exists, APM Server
-cannot write at all.
+``output.elasticsearch.index`` are gone). An event written before the
+package is installed creates its data stream, or a plain index, with the
+wrong mappings, and the name stays taken. ``APM_SETUP_STEP`` installs the
+package from the copy bundled with Kibana.
 
-APM Server's own wait for the package (``data_streams.wait_for_integration``)
-is off. In 8.5 it asks Elasticsearch for five index templates, which needs
-the ``manage_index_templates`` cluster privilege, the power to rewrite any
-template of the cluster; the documented writer role has no cluster privilege
-and would wait forever. The setup order above gives the same guarantee.
+So that no event is written before that, APM Server keeps its default
+``data_streams.wait_for_integration: true``: it checks that the package's
+index templates exist before it sends anything, whatever order the setup
+Job runs in. In 8.5 the check reads five index templates from
+Elasticsearch, which takes the ``manage_index_templates`` cluster privilege;
+the APM guide's writer role has no cluster privilege and would wait forever.
+With ``wait_for_integration: false`` the writer role drops that privilege,
+and the setup Job must then install the package before it creates
+``apm_writer`` (until that user exists APM Server cannot write at all).
 
 The secret token and the password are read from files by the launch script
 and exist only in the process's environment, where APM Server expands
@@ -65,13 +68,13 @@ from constructs_lib.common import (
 )
 from constructs_lib.elastic import (
     CA_KEY,
-    CERTS_SECRET,
     PASSWORD_KEY,
     ClientUser,
     ca_mount,
     ca_volume,
     credentials_volume,
 )
+from constructs_lib.elasticsearch import declare_certs_secret
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.filebeat import (
     elasticsearch_output_problems,
@@ -103,24 +106,34 @@ TOKEN_FILE = f"{TOKEN_DIR}/{SECRET_TOKEN_KEY}"
 ENVIRONMENT_VARIABLES = frozenset({"ES_PASSWORD", "APM_SECRET_TOKEN"})
 """What the launch script exports, and so all the config may reference."""
 
-APM_USER = ClientUser(
-    username="apm_writer",
-    secret="apm-server-elasticsearch",
-    role_name="apm_writer",
-    # The APM guide's writer role for standalone 8.x servers: create the
-    # data streams (from the package's templates) and add documents to them.
-    # No cluster privilege, no reading back.
-    role={
-        "cluster": [],
-        "indices": [
-            {
-                "names": ["traces-apm*", "logs-apm*", "metrics-apm*"],
-                "privileges": ["auto_configure", "create_doc"],
-            }
-        ],
-    },
-)
-"""The Elasticsearch user APM Server writes as, for the setup Job to create."""
+
+def apm_user(wait_for_integration: bool = True) -> ClientUser:
+    """The Elasticsearch user APM Server writes as.
+
+    The APM guide's writer role for standalone 8.x servers creates the data
+    streams from the package's templates (``auto_configure``) and adds
+    documents to them (``create_doc``), and reads nothing back. Waiting for
+    the package adds ``manage_index_templates``: APM Server 8.5 asks for the
+    templates with ``GET _index_template/<name>``, which needs it.
+    """
+    return ClientUser(
+        username="apm_writer",
+        secret="apm-server-elasticsearch",
+        role_name="apm_writer",
+        role={
+            "cluster": ["manage_index_templates"] if wait_for_integration else [],
+            "indices": [
+                {
+                    "names": ["traces-apm*", "logs-apm*", "metrics-apm*"],
+                    "privileges": ["auto_configure", "create_doc"],
+                }
+            ],
+        },
+    )
+
+
+APM_USER = apm_user()
+"""The user of the default settings, for the setup Job to create."""
 
 _ENVIRONMENT = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+$")
@@ -151,6 +164,13 @@ class ApmServerSettings(StrictModel):
         description="Container resources. Defaults to 100m/256Mi requested, "
         "500m/512Mi limits (the design names none).",
     )
+    wait_for_integration: bool = Field(
+        default=True,
+        description="Hold events until the APM package's index templates "
+        "exist; gives apm_writer the manage_index_templates privilege. Set "
+        "false only if the setup Job installs the package before it creates "
+        "apm_writer. Defaults to true, APM Server's default.",
+    )
     secret_token_secret: DnsLabel = Field(
         default="apm-server-secret-token",
         description="Operator-created Secret whose key "
@@ -159,7 +179,9 @@ class ApmServerSettings(StrictModel):
     )
 
 
-def apm_server_config(*, environment: str, elasticsearch: Endpoint) -> dict[str, Any]:
+def apm_server_config(
+    *, environment: str, elasticsearch: Endpoint, wait_for_integration: bool = True
+) -> dict[str, Any]:
     """The whole ``apm-server.yml`` as data."""
     return {
         "apm-server": {
@@ -167,12 +189,13 @@ def apm_server_config(*, environment: str, elasticsearch: Endpoint) -> dict[str,
             "auth": {"secret_token": "${APM_SECRET_TOKEN}"},
             # Events from an agent that names no environment count as this one.
             "default_service_environment": environment,
-            # See the module docstring: the setup order replaces this wait.
-            "data_streams": {"wait_for_integration": False},
+            # See the module docstring; true is APM Server's default, and
+            # written out because the writer role depends on it.
+            "data_streams": {"wait_for_integration": wait_for_integration},
         },
         "output.elasticsearch": {
             "hosts": [elasticsearch.url],
-            "username": APM_USER.username,
+            "username": apm_user(wait_for_integration).username,
             "password": "${ES_PASSWORD}",
             "ssl.certificate_authorities": [f"{CA_DIR}/{CA_KEY}"],
             "ssl.verification_mode": "full",
@@ -235,7 +258,8 @@ def check_apm_server_config(
         problems.append(
             f"apm-server.host {host!r} must be 'address:port', such as '0.0.0.0:{PORT}'"
         )
-    auth = setting_at(config, "apm-server.auth") or {}
+    auth = setting_at(config, "apm-server.auth")
+    auth = auth if isinstance(auth, Mapping) else {}
     token = auth.get("secret_token")
     # An empty token turns authorization off: every request is accepted.
     if token is not None and not str(token).strip():
@@ -279,6 +303,8 @@ def apm_setup_step(
     most ``wait_seconds`` for Kibana, retries the install a few times while
     Fleet finishes its own start, and exits non-zero with a message on
     failure. The password goes to curl on stdin, never on its command line.
+    It runs under the setup Job's ``sh -eu`` and in the curlimages/curl
+    image's BusyBox shell. Installing the same version again is harmless.
     """
     if not _VERSION.match(package_version):
         raise ConfigurationError(
@@ -294,7 +320,7 @@ def apm_setup_step(
     return f"""\
 # Install the APM integration package {package_version}: the index templates,
 # ingest pipelines and lifecycle policies of traces-apm*, metrics-apm* and
-# logs-apm*. Run before creating the apm_writer user.
+# logs-apm*. APM Server holds its events until they exist.
 (
   set -eu
   : "${{KIBANA_URL:?KIBANA_URL is not set}}"
@@ -391,9 +417,11 @@ class ApmServer(Construct):
         self.endpoint = Endpoint(NAME, PORT)
         self.agent_url = f"http://{NAME}.{namespace}.svc:{PORT}"
         """ELASTIC_APM_SERVER_URL for the backend, from any namespace."""
-        self.user = APM_USER
+        self.user = apm_user(settings.wait_for_integration)
         self.config = apm_server_config(
-            environment=environment, elasticsearch=elasticsearch
+            environment=environment,
+            elasticsearch=elasticsearch,
+            wait_for_integration=settings.wait_for_integration,
         )
         problems = check_apm_server_config(
             self.config, environment_variables=ENVIRONMENT_VARIABLES
@@ -411,19 +439,15 @@ class ApmServer(Construct):
             metadata=metadata(f"{NAME}-config", labels, namespace),
             data={"apm-server.yml": yaml.safe_dump(self.config, sort_keys=False)},
         )
+        # Declared the one way every mounter of the certificates Secret does;
+        # only ca.crt is mounted here.
+        declare_certs_secret(self, namespace)
         declare_secret(
             self,
-            name=CERTS_SECRET,
-            namespace=namespace,
-            keys=[CA_KEY],
-            purpose="the Elasticsearch CA APM Server verifies the cluster with",
-        )
-        declare_secret(
-            self,
-            name=APM_USER.secret,
+            name=self.user.secret,
             namespace=namespace,
             keys=[PASSWORD_KEY],
-            purpose=f"the password of the Elasticsearch user {APM_USER.username}",
+            purpose=f"the password of the Elasticsearch user {self.user.username}",
         )
         declare_secret(
             self,
@@ -514,7 +538,7 @@ class ApmServer(Construct):
                 volumes=[
                     config_map_volume("config", f"{NAME}-config"),
                     ca_volume(),
-                    credentials_volume("credentials", APM_USER),
+                    credentials_volume("credentials", self.user),
                     secret_volume(
                         "secret-token", settings.secret_token_secret, [SECRET_TOKEN_KEY]
                     ),

@@ -30,10 +30,10 @@ Filebeat must read them and keep its registry (which line of which file was
 shipped) on the node, so that a restarted pod neither loses nor re-sends
 logs. It still drops every capability (so root reads only what the user or
 group permissions give it, and cannot override them; the ``adm`` group is
-added for Debian's nginx logs), cannot gain privileges, has a read-only root filesystem and mounts the host's log
-directories read-only. The only host path it writes is its registry
-directory. Like node-exporter it tolerates every taint, so no node's logs are
-missed.
+added for Debian's nginx logs), cannot gain privileges, has a read-only root
+filesystem and mounts the host's log directories read-only. The only host
+path it writes is its registry directory. Like node-exporter it tolerates
+every taint, so no node's logs are missed.
 """
 
 from __future__ import annotations
@@ -66,13 +66,13 @@ from constructs_lib.common import (
 )
 from constructs_lib.elastic import (
     CA_KEY,
-    CERTS_SECRET,
     PASSWORD_KEY,
     ClientUser,
     ca_mount,
     ca_volume,
     credentials_volume,
 )
+from constructs_lib.elasticsearch import declare_certs_secret
 from constructs_lib.errors import ConfigurationError
 from imports import k8s
 
@@ -357,28 +357,34 @@ _INDEX_FORBIDDEN = set('\\/*?"<>| ,#:')
 
 
 def expand_dotted_keys(node: Any) -> Any:
-    """The config as Filebeat reads it: ``a.b: 1`` is ``a: {b: 1}``."""
+    """The config as a Beat reads it: ``a.b: 1`` is ``a: {b: 1}``."""
     if isinstance(node, list):
         return [expand_dotted_keys(item) for item in node]
     if not isinstance(node, Mapping):
         return node
     result: dict[str, Any] = {}
     for key, value in node.items():
-        head, *rest = str(key).split(".")
+        *parents, leaf = str(key).split(".")
         target = result
-        path = [head, *rest]
-        for part in path[:-1]:
-            target = target.setdefault(part, {})
-        leaf = expand_dotted_keys(value)
-        existing = target.get(path[-1])
-        if isinstance(existing, dict) and isinstance(leaf, dict):
-            existing.update(leaf)
-        else:
-            target[path[-1]] = leaf
+        for part in parents:
+            if not isinstance(target.get(part), dict):
+                target[part] = {}
+            target = target[part]
+        target[leaf] = _merge(target.get(leaf), expand_dotted_keys(value))
     return result
 
 
+def _merge(old: Any, new: Any) -> Any:
+    if isinstance(old, dict) and isinstance(new, dict):
+        merged = dict(old)
+        for key, value in new.items():
+            merged[key] = _merge(merged.get(key), value)
+        return merged
+    return new
+
+
 def setting_at(config: Mapping[str, Any], path: str, default: Any = None) -> Any:
+    """The value at a dotted path of an expanded config, or ``default``."""
     node: Any = config
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -761,13 +767,9 @@ class Filebeat(Construct):
             metadata=metadata(f"{NAME}-config", labels, namespace),
             data={"filebeat.yml": yaml.safe_dump(self.config, sort_keys=False)},
         )
-        declare_secret(
-            self,
-            name=CERTS_SECRET,
-            namespace=namespace,
-            keys=[CA_KEY],
-            purpose="the Elasticsearch CA Filebeat verifies the cluster with",
-        )
+        # Declared the one way every mounter of the certificates Secret does;
+        # only ca.crt is mounted here.
+        declare_certs_secret(self, namespace)
         declare_secret(
             self,
             name=self.user.secret,

@@ -35,12 +35,14 @@ from constructs_lib.apm_server import (
     ApmServerSettings,
     apm_server_config,
     apm_setup_step,
+    apm_user,
     check_apm_server_config,
     launch_script,
 )
 from constructs_lib.common import Endpoint, declared_secrets
 from constructs_lib.elastic import CERTS_SECRET, ELASTICSEARCH
 from constructs_lib.errors import ConfigurationError
+from constructs_lib.filebeat import Filebeat, FilebeatSettings
 from constructs_lib.integrity import check_references
 from tests.conftest import find_program
 
@@ -139,11 +141,27 @@ def test_every_reference_resolves_within_the_chart() -> None:
     assert check_references(chart.to_json(), declared_secrets(chart)) == []
 
 
+def test_filebeat_and_apm_server_share_one_chart_cleanly() -> None:
+    chart, _ = build()
+    Filebeat(
+        chart,
+        "filebeat",
+        settings=FilebeatSettings(),
+        namespace=NAMESPACE,
+        environment="production",
+        elasticsearch=ELASTICSEARCH,
+    )
+    certs = {s.keys for s in declared_secrets(chart) if s.name == CERTS_SECRET}
+
+    assert check_references(chart.to_json(), declared_secrets(chart)) == []
+    assert len(certs) == 1
+
+
 def test_the_operator_secrets_are_declared() -> None:
     chart, _ = build()
 
     assert {(s.name, s.keys) for s in declared_secrets(chart)} == {
-        (CERTS_SECRET, ("ca.crt",)),
+        (CERTS_SECRET, ("ca.crt", "tls.crt", "tls.key")),
         ("apm-server-elasticsearch", ("password",)),
         ("apm-server-secret-token", ("secret-token",)),
     }
@@ -195,12 +213,37 @@ def test_the_environment_names_unlabelled_services(objects: list[dict]) -> None:
     assert staging["apm-server"]["default_service_environment"] == "staging"
 
 
-def test_the_server_does_not_wait_on_templates_it_may_not_read(
-    objects: list[dict],
-) -> None:
+def test_the_server_waits_for_the_package_templates(objects: list[dict]) -> None:
+    _, apm = build()
+
+    assert config(objects)["apm-server"]["data_streams"] == {
+        "wait_for_integration": True
+    }
+    assert apm.user == APM_USER
+    assert APM_USER.role["cluster"] == ["manage_index_templates"]
+
+
+def test_without_the_wait_the_writer_needs_no_cluster_privilege() -> None:
+    settings = ApmServerSettings(wait_for_integration=False)
+    _, apm = build(settings=settings)
+    objects = synth(settings=settings)
+
     assert config(objects)["apm-server"]["data_streams"] == {
         "wait_for_integration": False
     }
+    assert apm.user == apm_user(False)
+    assert apm.user.role == {
+        "cluster": [],
+        "indices": [
+            {
+                "names": ["traces-apm*", "logs-apm*", "metrics-apm*"],
+                "privileges": ["auto_configure", "create_doc"],
+            }
+        ],
+    }
+    assert (
+        check_apm_server_config(config(objects), environment_variables=VARIABLES) == []
+    )
 
 
 def test_the_rendered_config_passes_every_check(objects: list[dict]) -> None:
@@ -216,7 +259,7 @@ def test_the_writer_role_only_creates_apm_documents() -> None:
         "apm_writer",
     )
     assert APM_USER.role == {
-        "cluster": [],
+        "cluster": ["manage_index_templates"],
         "indices": [
             {
                 "names": ["traces-apm*", "logs-apm*", "metrics-apm*"],
@@ -653,8 +696,16 @@ def test_setup_step_refuses_a_version_that_is_not_a_release(version: str) -> Non
         {"replicas": "2"},
         {"secret_token_secret": "APM_Token"},
         {"secret_token": "hunter2"},
+        {"wait_for_integration": "yes"},
     ],
-    ids=["latest-tag", "no-replicas", "replicas-string", "secret-not-dns", "unknown"],
+    ids=[
+        "latest-tag",
+        "no-replicas",
+        "replicas-string",
+        "secret-not-dns",
+        "unknown",
+        "wait-word",
+    ],
 )
 def test_bad_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):

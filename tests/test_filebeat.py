@@ -164,7 +164,7 @@ def test_the_operator_secrets_are_declared() -> None:
     declared = {(s.name, s.keys) for s in declared_secrets(chart)}
 
     assert declared == {
-        (CERTS_SECRET, ("ca.crt",)),
+        (CERTS_SECRET, ("ca.crt", "tls.crt", "tls.key")),
         ("filebeat-elasticsearch", ("password",)),
     }
 
@@ -806,3 +806,14 @@ def test_every_setting_has_a_default_and_says_it() -> None:
     for name, field in FilebeatSettings.model_fields.items():
         assert not field.is_required(), name
         assert field.description and "efault" in field.description, name
+
+
+def test_check_merges_dotted_and_nested_forms_of_one_setting() -> None:
+    loaded = output(good_config(), **{"ssl.certificate_authorities": None})
+    loaded["output"] = {
+        "elasticsearch": {
+            "ssl": {"certificate_authorities": ["/etc/filebeat/ca/ca.crt"]}
+        }
+    }
+
+    assert check_filebeat_config(loaded) == []
