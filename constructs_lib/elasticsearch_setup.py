@@ -21,8 +21,8 @@ ten minutes, and the next apply creates it afresh and runs it again.
 No password is on a command line: the script reads each password file into
 a shell variable and gives curl its credentials and request body as a
 config on standard input (``curl --config -``), written with ``printf``,
-a shell builtin. The only processes started, ``curl`` and ``sed``, see the
-secrets on their standard input, never in their arguments, so ``ps`` and
+a shell builtin. Of the processes it starts, only ``curl`` and ``sed`` see
+a secret, and only on their standard input, so ``ps`` and
 ``/proc/<pid>/cmdline`` show none.
 """
 
@@ -32,7 +32,6 @@ import json
 import re
 import shlex
 from collections.abc import Sequence
-from typing import Any
 
 from constructs import Construct
 from pydantic import TypeAdapter, ValidationError
@@ -433,6 +432,8 @@ class ElasticsearchSetup(Construct):
             "job",
             metadata=metadata(NAME, labels, namespace),
             spec=k8s.JobSpec(
+                # Each attempt waits up to five minutes for the cluster; the
+                # deadline, retries included, allows about three such waits.
                 backoff_limit=BACKOFF_LIMIT,
                 active_deadline_seconds=ACTIVE_DEADLINE_SECONDS,
                 # The finished Job is deleted so the next apply can create
@@ -511,12 +512,3 @@ class ElasticsearchSetup(Construct):
                 volumes=volumes,
             ),
         )
-
-
-def role_files(setup: ElasticsearchSetup) -> dict[str, Any]:
-    """The role descriptors the Job will PUT, by role name (for tests/docs)."""
-    return {
-        name[len("role-") : -len(".json")]: json.loads(text)
-        for name, text in setup.files.items()
-        if name.startswith("role-")
-    }

@@ -61,7 +61,11 @@ from constructs_lib.common import (
     service_account,
     standard_labels,
 )
-from constructs_lib.elasticsearch import declare_certs_secret, quantity_bytes
+from constructs_lib.elasticsearch import (
+    declare_certs_secret,
+    flatten,
+    quantity_bytes,
+)
 from constructs_lib.errors import ConfigurationError
 from imports import k8s
 
@@ -223,7 +227,7 @@ def check_kibana_config(config: Mapping[str, Any]) -> list[str]:
     ``${VAR}`` values are expanded by Kibana at start and cannot be judged
     here; ``start.sh`` checks the lengths of the keys it reads.
     """
-    flat = _flatten(config)
+    flat = flatten(config)
     problems: list[str] = []
     username = flat.get("elasticsearch.username")
     if username == "elastic":
@@ -311,16 +315,6 @@ def check_kibana_config(config: Mapping[str, Any]) -> list[str]:
             "reach Kibana"
         )
     return problems
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def start_script() -> str:

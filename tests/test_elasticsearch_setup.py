@@ -54,13 +54,15 @@ WRITER_ROLE = {
     ],
 }
 READER_ROLE = {"indices": [{"names": ["jaeger-*"], "privileges": ["read"]}]}
-FILEBEAT = ClientUser("filebeat", "filebeat-elasticsearch", "filebeat_writer", WRITER_ROLE)
+FILEBEAT = ClientUser(
+    "filebeat", "filebeat-elasticsearch", "filebeat_writer", WRITER_ROLE
+)
 JAEGER = ClientUser("jaeger", "jaeger-elasticsearch", "jaeger_reader", READER_ROLE)
 USERS = [KIBANA_USER, FILEBEAT, JAEGER]
 
 # Passwords that need every escape: quotes, backslashes, shell syntax.
 PASSWORDS = {
-    "elastic": 'el"as\\tic $(id) `id` \'x\' %s',
+    "elastic": "el\"as\\tic $(id) `id` 'x' %s",
     "kibana_system": "kibana-system-password",
     "filebeat": 'file"beat\\pass word',
     "jaeger": "jaeger $HOME ;& |",
@@ -490,8 +492,7 @@ def make_certs(directory: Path, subject_alt_name: str) -> dict[str, Path]:
     )  # fmt: skip
     extensions = directory / "san.ext"
     extensions.write_text(
-        f"subjectAltName={subject_alt_name}\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
+        f"subjectAltName={subject_alt_name}\nextendedKeyUsage=serverAuth,clientAuth\n"
     )
     openssl(
         "x509", "-req", "-in", str(csr), "-days", "1",
@@ -560,9 +561,11 @@ def pod_files(
     }
 
 
-def setup_run(root: Path, run_env: dict[str, str]) -> dict[str, Any]:
+def setup_run(
+    root: Path, run_env: dict[str, str], argv: list[str] | None = None
+) -> dict[str, Any]:
     return {
-        "argv": ["/bin/sh", f"{run_env['SETUP_DIR']}/setup.sh"],
+        "argv": argv or ["/bin/sh", f"{run_env['SETUP_DIR']}/setup.sh"],
         "env": run_env,
         "uid": CURL_UID,
         "gid": CURL_GID,
@@ -577,6 +580,7 @@ def live(
     passwords: dict[str, str] | None = None,
     runs: int = 1,
     env_changes: dict[str, str] | None = None,
+    argv: list[str] | None = None,
     **server: Any,
 ) -> dict[str, Any]:
     objects = objects if objects is not None else synth()[1]
@@ -594,7 +598,7 @@ def live(
         "elastic_password": passwords["elastic"].rstrip("\n"),
         "reserved_users": ["kibana_system", "elastic"],
         "secrets": [p.rstrip("\n") for p in passwords.values()],
-        "runs": [setup_run(root, run_env)] * runs,
+        "runs": [setup_run(root, run_env, argv)] * runs,
         **server,
     }
     return run_harness(root, spec)
@@ -602,6 +606,22 @@ def live(
 
 def calls(run: dict[str, Any]) -> list[tuple[str, str, int]]:
     return [(r["method"], r["path"], r["status"]) for r in run["requests"]]
+
+
+def test_the_watcher_would_catch_a_password_on_a_command_line(root: Path) -> None:
+    # The control for the test below. curl blanks its own -u argument once
+    # it has read it, but not a request body given as an argument.
+    careless = [
+        "/bin/sh",
+        "-c",
+        'password=$(cat "$ELASTIC_PASSWORD_FILE"); curl -q -s -X GET '
+        '--cacert "$ES_CA_FILE" -u "elastic:$password" --data-binary "$password" '
+        '"$ES_URL/_cluster/health"',
+    ]
+    seen = live(root, argv=careless)
+
+    assert seen["runs"][0]["requests"][0]["status"] == 200
+    assert seen["leaks"]
 
 
 def test_script_creates_roles_users_and_passwords_then_runs_the_steps(
@@ -633,8 +653,14 @@ def test_script_creates_roles_users_and_passwords_then_runs_the_steps(
         r["headers"]["content-type"] == "application/json" for r in run["requests"]
     )
     assert run["requests"][-1]["headers"]["kbn-xsrf"]
-    assert seen["roles"] == {"filebeat_writer": WRITER_ROLE, "jaeger_reader": READER_ROLE}
-    assert seen["users"] == {"filebeat": ["filebeat_writer"], "jaeger": ["jaeger_reader"]}
+    assert seen["roles"] == {
+        "filebeat_writer": WRITER_ROLE,
+        "jaeger_reader": READER_ROLE,
+    }
+    assert seen["users"] == {
+        "filebeat": ["filebeat_writer"],
+        "jaeger": ["jaeger_reader"],
+    }
     assert seen["passwords"] == {
         user: PASSWORDS[user] for user in ("kibana_system", "filebeat", "jaeger")
     }
@@ -662,7 +688,10 @@ def test_second_run_sends_the_same_requests_and_changes_nothing(root: Path) -> N
     assert [r["body"] for r in second["requests"]] == [
         r["body"] for r in first["requests"]
     ]
-    assert seen["users"] == {"filebeat": ["filebeat_writer"], "jaeger": ["jaeger_reader"]}
+    assert seen["users"] == {
+        "filebeat": ["filebeat_writer"],
+        "jaeger": ["jaeger_reader"],
+    }
 
 
 def test_an_error_stops_the_job_with_the_http_status(root: Path) -> None:
@@ -721,4 +750,3 @@ def test_password_files_are_read_like_the_images_read_them(root: Path) -> None:
     assert ("PUT", "/_security/user/jaeger") not in [
         (r["method"], r["path"]) for r in run["requests"]
     ]
-
