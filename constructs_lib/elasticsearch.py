@@ -64,9 +64,10 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from constructs_lib import elastic
 from constructs_lib.common import (
     DnsLabel,
+    DnsSubdomain,
     Image,
-    Quantity,
     Resources,
+    StorageSize,
     StrictModel,
     claim_template,
     config_checksum,
@@ -213,10 +214,10 @@ class ElasticsearchSettings(StrictModel):
         description="Elasticsearch container resources. Defaults to the "
         "design's: 1 CPU requested, 2 allowed, 4Gi of memory.",
     )
-    storage_size: Quantity = Field(
+    storage_size: StorageSize = Field(
         default="100Gi", description="Each node's data volume. Defaults to 100Gi."
     )
-    storage_class: str | None = Field(
+    storage_class: DnsSubdomain | None = Field(
         default=None,
         description="StorageClass of the data volumes. Defaults to the "
         "cluster's default class.",

@@ -52,7 +52,11 @@ def check_references(
 class _Chart:
     def __init__(self, documents: Sequence[Doc], secrets: Iterable[OperatorSecret]):
         self.documents = [doc for doc in documents if doc]
-        self.secrets = {(s.namespace, s.name): set(s.keys) for s in secrets}
+        self.secrets: dict[tuple[str, str], set[str]] = {}
+        for secret in secrets:
+            # Several constructs may mount one Secret: their keys add up.
+            key = (secret.namespace, secret.name)
+            self.secrets.setdefault(key, set()).update(secret.keys)
 
     # --- lookups -----------------------------------------------------------
 

@@ -1,5 +1,8 @@
-"""The whole metrics-and-alerting stack of one environment, wired together.
+"""The whole monitoring stack of one environment, wired together.
 
+Metrics and alerts (Prometheus, Alertmanager, Grafana, the exporters), logs
+(Elasticsearch, Filebeat, Kibana), traces (Jaeger) and APM (the APM Server)
+are composed here for one environment.
 Each component is a construct that works alone; this module decides how they
 refer to each other. Every address one component's configuration uses for
 another is taken from that component's construct (its Service name and
@@ -14,10 +17,28 @@ from pathlib import Path
 from constructs import Construct
 from pydantic import Field, model_validator
 
+from constructs_lib import elastic
 from constructs_lib import prometheus as prom
 from constructs_lib.alertmanager import Alertmanager, AlertmanagerSettings
-from constructs_lib.common import DnsLabel, Endpoint, StrictModel, metadata
+from constructs_lib.apm_server import APM_SETUP_STEP, ApmServer, ApmServerSettings
+from constructs_lib.common import (
+    DnsLabel,
+    Endpoint,
+    StrictModel,
+    declare_secret,
+    metadata,
+    mount,
+)
+from constructs_lib.elasticsearch import (
+    Elasticsearch,
+    ElasticsearchSettings,
+    declare_certs_secret,
+)
+from constructs_lib.elasticsearch_setup import ElasticsearchSetup
+from constructs_lib.filebeat import Filebeat, FilebeatSettings
 from constructs_lib.grafana import Grafana, GrafanaSettings
+from constructs_lib.jaeger import Jaeger, JaegerSettings, grafana_datasource
+from constructs_lib.kibana import KIBANA_USER, Kibana, KibanaSettings
 from constructs_lib.kube_state_metrics import KubeStateMetrics, KubeStateMetricsSettings
 from constructs_lib.node_exporter import NodeExporter, NodeExporterSettings
 from constructs_lib.postgres_exporter import PostgresExporter, PostgresExporterSettings
@@ -28,6 +49,9 @@ from constructs_lib.rules import default_rule_paths, load_rule_files
 from imports import k8s
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_GRAFANA_CA_DIR = "/etc/grafana/elasticsearch-ca"
+_GRAFANA_LOGS_VOLUME = "elasticsearch-logs-reader"
+_GRAFANA_LOGS_DIR = "/etc/grafana/elasticsearch-logs-reader"
 _RESERVED_NAMESPACES = {"default", "kube-system", "kube-public", "kube-node-lease"}
 
 
@@ -69,6 +93,11 @@ class StackSettings(StrictModel):
         description="Required, for its redis_addr."
     )
     reloader: ReloaderSettings = Field(default_factory=ReloaderSettings)
+    elasticsearch: ElasticsearchSettings = Field(default_factory=ElasticsearchSettings)
+    kibana: KibanaSettings = Field(default_factory=KibanaSettings)
+    filebeat: FilebeatSettings = Field(default_factory=FilebeatSettings)
+    apm_server: ApmServerSettings = Field(default_factory=ApmServerSettings)
+    jaeger: JaegerSettings = Field(default_factory=JaegerSettings)
 
     @model_validator(mode="after")
     def _namespace_is_its_own(self) -> StackSettings:
@@ -160,6 +189,7 @@ class MonitoringStack(Construct):
             namespace=namespace,
             reloader=settings.reloader,
         )
+        self._logs_and_traces(settings)
         self.grafana = Grafana(
             self,
             "grafana",
@@ -168,7 +198,26 @@ class MonitoringStack(Construct):
             prometheus=Endpoint(prom.NAME, prom.PORT),
             # Grafana never asks Prometheus for a step finer than a scrape.
             scrape_interval=settings.prometheus.scrape_interval,
+            extra_datasources=[
+                self._logs_datasource(),
+                grafana_datasource(self.jaeger.query),
+            ],
+            extra_volumes=[
+                (elastic.ca_volume(), elastic.ca_mount(_GRAFANA_CA_DIR)),
+                (
+                    elastic.credentials_volume(_GRAFANA_LOGS_VOLUME, self.logs_reader),
+                    mount(_GRAFANA_LOGS_VOLUME, _GRAFANA_LOGS_DIR),
+                ),
+            ],
         )
+        declare_secret(
+            self.grafana,
+            name=self.logs_reader.secret,
+            namespace=namespace,
+            keys=[elastic.PASSWORD_KEY],
+            purpose="Grafana's Elasticsearch user, which reads the logs",
+        )
+        declare_certs_secret(self.grafana, namespace)
 
         if rule_files is None:
             rule_files = load_rule_files(settings.rule_paths())
@@ -186,6 +235,105 @@ class MonitoringStack(Construct):
             rule_files=rule_files,
             reloader=settings.reloader,
         )
+
+    def _logs_and_traces(self, settings: StackSettings) -> None:
+        """Elasticsearch and everything that writes to or reads from it."""
+        namespace = settings.namespace
+        self.elasticsearch = Elasticsearch(
+            self,
+            "elasticsearch",
+            settings=settings.elasticsearch,
+            namespace=namespace,
+        )
+        endpoint = self.elasticsearch.endpoint
+        self.kibana = Kibana(
+            self,
+            "kibana",
+            settings=settings.kibana,
+            namespace=namespace,
+            elasticsearch=endpoint,
+        )
+        self.filebeat = Filebeat(
+            self,
+            "filebeat",
+            settings=settings.filebeat,
+            namespace=namespace,
+            environment=settings.environment,
+            elasticsearch=endpoint,
+        )
+        self.apm_server = ApmServer(
+            self,
+            "apm-server",
+            settings=settings.apm_server,
+            namespace=namespace,
+            elasticsearch=endpoint,
+            environment=settings.environment,
+        )
+        self.jaeger = Jaeger(
+            self,
+            "jaeger",
+            settings=settings.jaeger,
+            namespace=namespace,
+            elasticsearch=endpoint,
+        )
+        self.logs_reader = elastic.ClientUser(
+            "grafana_reader",
+            "grafana-elasticsearch",
+            "grafana_reader",
+            {
+                "cluster": ["monitor"],
+                "indices": [
+                    {
+                        "names": [self.filebeat.index_pattern],
+                        "privileges": ["read", "view_index_metadata"],
+                    }
+                ],
+            },
+        )
+        users = [KIBANA_USER, self.filebeat.user, self.apm_server.user]
+        if settings.jaeger.mode == "production":
+            users.append(self.jaeger.user)
+        users.append(self.logs_reader)
+        self.elasticsearch_setup = ElasticsearchSetup(
+            self,
+            "elasticsearch-setup",
+            namespace=namespace,
+            users=users,
+            extra_steps=[APM_SETUP_STEP],
+            elastic_secret=settings.elasticsearch.credentials_secret,
+            elasticsearch=endpoint,
+            kibana=self.kibana.endpoint,
+        )
+
+    def _logs_datasource(self) -> dict:
+        """Grafana's view of the logs: where Filebeat really writes them."""
+        return {
+            "name": "Logs",
+            "uid": "elasticsearch-logs",
+            "type": "elasticsearch",
+            "access": "proxy",
+            "url": self.elasticsearch.endpoint.url,
+            # Grafana 9 takes the index pattern in "database"; the design's
+            # logstash-* named an index nothing writes.
+            "database": self.filebeat.index_pattern,
+            "basicAuth": True,
+            "basicAuthUser": self.logs_reader.username,
+            "editable": False,
+            "jsonData": {
+                "timeField": self.filebeat.time_field,
+                "esVersion": "8.0.0",
+                "tlsAuthWithCACert": True,
+                "logMessageField": "message",
+                "logLevelField": "log.level",
+            },
+            # Grafana reads these files when it provisions the datasource,
+            # so no secret value is written into the ConfigMap.
+            "secureJsonData": {
+                "basicAuthPassword": f"$__file{{{_GRAFANA_LOGS_DIR}/"
+                f"{elastic.PASSWORD_KEY}}}",
+                "tlsCACert": f"$__file{{{_GRAFANA_CA_DIR}/{elastic.CA_KEY}}}",
+            },
+        }
 
     def _scrape_configs(self) -> list[dict]:
         settings = self.settings
@@ -211,4 +359,10 @@ class MonitoringStack(Construct):
             prom.static_job("kube-state-metrics", self.kube_state_metrics.endpoint),
             prom.static_job("postgres-exporter", self.postgres_exporter.endpoint),
             prom.static_job("redis-exporter", self.redis_exporter.endpoint),
+            {
+                "job_name": "jaeger",
+                "static_configs": [
+                    {"targets": [endpoint.address for endpoint in self.jaeger.metrics]}
+                ],
+            },
         ]

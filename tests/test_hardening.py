@@ -6,7 +6,7 @@ import re
 
 from tests.conftest import Manifest
 
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet")
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -15,18 +15,31 @@ STANDARD_LABELS = {
     "app.kubernetes.io/managed-by",
     "app.kubernetes.io/version",
 }
-# The one workload allowed the host's namespaces, and why: it measures the
-# node itself (see constructs_lib/node_exporter.py and docs/security.md).
-HOST_ACCESS = {"node-exporter"}
+# The workloads allowed to reach into the host, and why (docs/security.md):
+# node-exporter measures the node itself; Filebeat reads the node's log files
+# and keeps its registry on the node so that a restart does not resend logs.
+HOST_ACCESS = {"node-exporter", "filebeat"}
+# Filebeat alone runs as root: container logs are root-owned files.
+ROOT_ALLOWED = {"filebeat"}
 
 
 def workloads(manifest: Manifest) -> list[dict]:
-    return [doc for kind in WORKLOADS for doc in manifest.of_kind(kind)]
+    """Every workload, with CronJobs' pod templates lifted to spec.template."""
+    found = []
+    for kind in WORKLOADS:
+        for doc in manifest.of_kind(kind):
+            if kind == "CronJob":
+                doc = {**doc, "spec": doc["spec"]["jobTemplate"]["spec"]}
+            found.append(doc)
+    return found
 
 
 def test_every_pod_runs_as_a_numeric_non_root_user(manifest: Manifest) -> None:
     for doc in workloads(manifest):
         context = doc["spec"]["template"]["spec"]["securityContext"]
+        if doc["metadata"]["name"] in ROOT_ALLOWED:
+            assert context["runAsUser"] == 0
+            continue
         assert context["runAsNonRoot"] is True, doc["metadata"]["name"]
         assert isinstance(context["runAsUser"], int) and context["runAsUser"] > 0
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -41,10 +54,18 @@ def test_every_container_is_locked_down(manifest: Manifest) -> None:
             assert context["allowPrivilegeEscalation"] is False, where
             assert context["privileged"] is False, where
             assert context["capabilities"] == {"drop": ["ALL"]}, where
+            if doc["metadata"]["name"] not in ROOT_ALLOWED:
+                assert context["runAsNonRoot"] is True, where
 
 
 def test_every_container_has_requests_limits_and_probes(manifest: Manifest) -> None:
+    # Run-to-completion pods (the setup Job, the index cleaner) have no
+    # probes: nothing would restart or route to them.
     for doc in workloads(manifest):
+        if doc["kind"] in ("Job", "CronJob"):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                assert set(container["resources"]["limits"]) == {"cpu", "memory"}
+            continue
         pod = doc["spec"]["template"]["spec"]
         for container in pod["containers"]:
             where = f"{doc['metadata']['name']}/{container['name']}"
@@ -53,11 +74,15 @@ def test_every_container_has_requests_limits_and_probes(manifest: Manifest) -> N
             assert set(resources["limits"]) == {"cpu", "memory"}, where
             assert "livenessProbe" in container, where
             assert "readinessProbe" in container, where
-            ports = {p["name"] for p in container.get("ports", [])}
+            ports = {p["name"] for p in container.get("ports", [])} | {
+                p["containerPort"] for p in container.get("ports", [])
+            }
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-                if probe in container:
-                    port = container[probe]["httpGet"]["port"]
-                    assert port in ports, f"{where} {probe} uses unknown port {port}"
+                handler = container.get(probe, {})
+                for kind in ("httpGet", "tcpSocket"):
+                    if kind in handler:
+                        port = handler[kind]["port"]
+                        assert port in ports, f"{where} {probe}: port {port}"
 
 
 def test_only_node_exporter_shares_the_hosts_namespaces(manifest: Manifest) -> None:
@@ -86,6 +111,8 @@ def test_every_object_carries_the_standard_labels(manifest: Manifest) -> None:
 
 def test_selectors_use_only_stable_labels(manifest: Manifest) -> None:
     for doc in workloads(manifest):
+        if doc["kind"] in ("Job", "CronJob"):
+            continue
         selector = doc["spec"]["selector"]["matchLabels"]
         assert set(selector) == {"app.kubernetes.io/name", "app.kubernetes.io/instance"}
         template_labels = doc["spec"]["template"]["metadata"]["labels"]

@@ -86,7 +86,7 @@ def break_secret(docs: Docs) -> None:
 
 def break_secret_key(docs: Docs) -> None:
     volumes = pod(docs, "Deployment", "grafana")["volumes"]
-    [volume] = [v for v in volumes if "secret" in v]
+    [volume] = [v for v in volumes if v["name"] == "admin"]
     volume["secret"]["items"].append({"key": "admin-token", "path": "admin-token"})
 
 

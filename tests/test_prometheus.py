@@ -247,7 +247,8 @@ def test_only_pods_that_call_the_api_get_a_token(manifest: Manifest) -> None:
             if pod["automountServiceAccountToken"]:
                 with_token.add(doc["metadata"]["name"])
 
-    assert with_token == {"prometheus", "kube-state-metrics"}
+    # Filebeat's Kubernetes metadata processor reads pods and nodes.
+    assert with_token == {"prometheus", "kube-state-metrics", "filebeat"}
 
 
 def test_prometheus_rules_config_map_holds_every_rule_file(manifest: Manifest) -> None:

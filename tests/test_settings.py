@@ -124,7 +124,9 @@ def test_extra_scrape_configs_may_not_hold_secrets(config: dict) -> None:
 
 @pytest.mark.parametrize("namespace", ["kube-system", "default", "sunday-qa"])
 def test_the_stack_refuses_a_namespace_it_does_not_own(namespace: str) -> None:
-    settings = load_environment(SETTINGS_DIR / "staging.yaml").model_dump()
+    settings = load_environment(SETTINGS_DIR / "staging.yaml").model_dump(
+        exclude_unset=True
+    )
     settings.update(namespace=namespace)
     settings["prometheus"]["app_namespaces"] = ["sunday-qa"]
 
