@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
 from constructs import Construct
 from pydantic import Field
 
@@ -32,6 +31,7 @@ from constructs_lib.common import (
     container_security,
     declare_secret,
     disruption_budget,
+    dump_config,
     http_probe,
     image_tag,
     metadata,
@@ -270,7 +270,7 @@ class Alertmanager(Construct):
             self,
             "config",
             metadata=metadata(f"{NAME}-config", labels, namespace),
-            data={"alertmanager.yml": yaml.safe_dump(self.config, sort_keys=False)},
+            data={"alertmanager.yml": dump_config(self.config)},
         )
 
         service(

@@ -38,7 +38,6 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import yaml
 from constructs import Construct
 from pydantic import Field
 
@@ -54,6 +53,7 @@ from constructs_lib.common import (
     container_security,
     declare_secret,
     disruption_budget,
+    dump_config,
     http_probe,
     image_tag,
     metadata,
@@ -437,7 +437,7 @@ class ApmServer(Construct):
             self,
             "config",
             metadata=metadata(f"{NAME}-config", labels, namespace),
-            data={"apm-server.yml": yaml.safe_dump(self.config, sort_keys=False)},
+            data={"apm-server.yml": dump_config(self.config)},
         )
         # Declared the one way every mounter of the certificates Secret does;
         # only ca.crt is mounted here.

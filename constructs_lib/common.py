@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from imports import k8s
@@ -532,3 +533,23 @@ def declared_secrets(scope: Any) -> list[OperatorSecret]:
     for construct in scope.node.find_all():
         found += getattr(construct, "operator_secrets", [])
     return found
+
+
+# --- configuration files ----------------------------------------------------
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """A safe dumper that writes repeated values out instead of aliasing.
+
+    PyYAML turns a list used twice into an ``&id001`` anchor and an alias;
+    not every program's YAML reader follows aliases, and a reader of the
+    rendered file should not have to.
+    """
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_config(data: Any) -> str:
+    """A program's YAML configuration file, keys in the order given."""
+    return yaml.dump(data, Dumper=_PlainDumper, sort_keys=False)

@@ -57,7 +57,6 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-import yaml
 from constructs import Construct
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -76,6 +75,7 @@ from constructs_lib.common import (
     container_security,
     declare_secret,
     disruption_budget,
+    dump_config,
     image_tag,
     metadata,
     mount,
@@ -777,7 +777,7 @@ class Elasticsearch(Construct):
             "config",
             metadata=metadata(f"{NAME}-config", labels, namespace),
             data={
-                CONFIG_FILE: yaml.safe_dump(self.config, sort_keys=False),
+                CONFIG_FILE: dump_config(self.config),
                 PROBE_SCRIPT: self.probe_script,
             },
         )

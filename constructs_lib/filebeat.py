@@ -43,7 +43,6 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-import yaml
 from constructs import Construct
 from pydantic import Field, field_validator
 
@@ -56,6 +55,7 @@ from constructs_lib.common import (
     config_map_volume,
     container_port,
     declare_secret,
+    dump_config,
     http_probe,
     image_tag,
     metadata,
@@ -765,7 +765,7 @@ class Filebeat(Construct):
             self,
             "config",
             metadata=metadata(f"{NAME}-config", labels, namespace),
-            data={"filebeat.yml": yaml.safe_dump(self.config, sort_keys=False)},
+            data={"filebeat.yml": dump_config(self.config)},
         )
         # Declared the one way every mounter of the certificates Secret does;
         # only ca.crt is mounted here.

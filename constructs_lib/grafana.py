@@ -18,7 +18,6 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import yaml
 from constructs import Construct
 from pydantic import Field
 
@@ -35,6 +34,7 @@ from constructs_lib.common import (
     container_port,
     container_security,
     declare_secret,
+    dump_config,
     http_probe,
     image_tag,
     metadata,
@@ -231,19 +231,13 @@ class Grafana(Construct):
                 self,
                 "datasources",
                 metadata=metadata(f"{NAME}-datasources", labels, namespace),
-                data={
-                    "datasources.yaml": yaml.safe_dump(
-                        self.datasources, sort_keys=False
-                    )
-                },
+                data={"datasources.yaml": dump_config(self.datasources)},
             ),
             k8s.KubeConfigMap(
                 self,
                 "dashboard-providers",
                 metadata=metadata(f"{NAME}-dashboard-providers", labels, namespace),
-                data={
-                    "dashboards.yaml": yaml.safe_dump(self.providers, sort_keys=False)
-                },
+                data={"dashboards.yaml": dump_config(self.providers)},
             ),
             k8s.KubeConfigMap(
                 self,

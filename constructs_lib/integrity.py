@@ -32,6 +32,7 @@ _SELF = {"localhost", "127.0.0.1", "0.0.0.0"}
 _POD_DNS = re.compile(
     r"^(?P<set>[a-z0-9-]+)-(?P<index>[0-9]+)\.(?P<service>[a-z0-9-]+)$"
 )
+_URL = re.compile(r"\bhttps?://[A-Za-z0-9.-]+(?::[0-9]+)?")
 _FILE_REFERENCE = re.compile(r"\$__file\{([^}]+)\}")
 
 
@@ -273,7 +274,13 @@ class _Chart:
         return problems
 
     def config_addresses(self) -> list[str]:
-        """Addresses inside rendered configs resolve to Services and ports."""
+        """Addresses inside configs, args and env resolve to Services and ports.
+
+        Prometheus targets are ``host:port``; everything else (datasource
+        URLs, Elasticsearch hosts, Kibana, flags such as
+        ``--es.server-urls``) is a URL, whose scheme must also match the
+        port: a port named ``https`` takes ``https://`` and no other does.
+        """
         problems = []
         for config_map in self.of_kind("ConfigMap"):
             namespace = config_map["metadata"].get("namespace", "")
@@ -283,8 +290,49 @@ class _Chart:
                     problem = self.resolve(namespace, address)
                     if problem:
                         problems.append(f"{where}: {problem}")
+                for url in _URL.findall(text):
+                    problem = self.resolve_url(namespace, url)
+                    if problem:
+                        problems.append(f"{where}: {problem}")
                 problems += self._config_files(config_map, key, text)
+        for owner, template in self.pod_templates():
+            namespace = owner["metadata"].get("namespace", "")
+            spec = template["spec"]
+            for container in spec["containers"] + spec.get("initContainers", []):
+                values = list(container.get("args", []))
+                values += list(container.get("command", []))
+                values += [env.get("value", "") for env in container.get("env", [])]
+                for url in _URL.findall("\n".join(values)):
+                    problem = self.resolve_url(namespace, url)
+                    if problem:
+                        problems.append(
+                            f"{_name(owner)} container {container['name']}: {problem}"
+                        )
         return problems
+
+    def resolve_url(self, namespace: str, url: str) -> str | None:
+        """Why a URL names nothing the chart deploys, or a wrong scheme."""
+        parsed = urlparse(url)
+        if not parsed.hostname:
+            return None
+        address = _url_address(url)
+        problem = self.resolve(namespace, address)
+        if problem:
+            return problem
+        service = self.named("Service").get((namespace, parsed.hostname.split(".")[0]))
+        if service is None:
+            return None
+        port_names = {
+            p["port"]: p.get("name", "") for p in service["spec"].get("ports", [])
+        }
+        secure = port_names.get(parsed.port or 0, "") == "https"
+        if secure != (parsed.scheme == "https"):
+            return (
+                f"{url}: port {parsed.port} of Service "
+                f"{service['metadata']['name']!r} speaks "
+                f"{'https' if secure else 'plain http'}"
+            )
+        return None
 
     def _config_files(self, config_map: Doc, key: str, text: str) -> list[str]:
         """Files a config tells its program to read come from the pod's mounts."""
@@ -402,9 +450,6 @@ def _addresses(key: str, text: str) -> list[str]:
             for target in static.get("targets", [])
         ]
         return targets
-    if key == "datasources.yaml":
-        config = yaml.safe_load(text) or {}
-        return [_url_address(s["url"]) for s in config.get("datasources", [])]
     return []
 
 

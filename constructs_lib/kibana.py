@@ -34,7 +34,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from constructs import Construct
 from pydantic import Field, field_validator
 
@@ -50,6 +49,7 @@ from constructs_lib.common import (
     container_port,
     container_security,
     declare_secret,
+    dump_config,
     http_probe,
     image_tag,
     metadata,
@@ -400,7 +400,7 @@ class Kibana(Construct):
             "config",
             metadata=metadata(f"{NAME}-config", labels, namespace),
             data={
-                CONFIG_FILE: yaml.safe_dump(self.config, sort_keys=False),
+                CONFIG_FILE: dump_config(self.config),
                 START_SCRIPT: self.start_script,
             },
         )

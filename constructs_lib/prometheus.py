@@ -36,6 +36,7 @@ from constructs_lib.common import (
     container_port,
     container_security,
     disruption_budget,
+    dump_config,
     duration_seconds,
     http_probe,
     image_tag,
@@ -538,7 +539,7 @@ class Prometheus(Construct):
             self,
             "config",
             metadata=metadata(f"{NAME}-config", labels, namespace),
-            data={"prometheus.yml": yaml.safe_dump(self.config, sort_keys=False)},
+            data={"prometheus.yml": dump_config(self.config)},
         )
         rules_map = k8s.KubeConfigMap(
             self,

@@ -164,7 +164,33 @@ def break_rollout(docs: Docs) -> None:
     find(docs, "Deployment", "grafana")["spec"]["strategy"] = {"type": "RollingUpdate"}
 
 
+def break_elasticsearch_scheme(docs: Docs) -> None:
+    data = find(docs, "ConfigMap", "filebeat-config")["data"]
+    [key] = data
+    data[key] = data[key].replace(
+        "https://elasticsearch:9200", "http://elasticsearch:9200"
+    )
+
+
+def break_elasticsearch_host(docs: Docs) -> None:
+    container = pod(docs, "Deployment", "jaeger-collector")["containers"][0]
+    container["args"] = [
+        arg.replace("https://elasticsearch:", "https://elastic:")
+        for arg in container["args"]
+    ]
+
+
+def break_kibana_port(docs: Docs) -> None:
+    container = pod(docs, "Job", "elasticsearch-setup")["containers"][0]
+    for env in container["env"]:
+        if env.get("value") == "http://kibana:5601":
+            env["value"] = "http://kibana:5602"
+
+
 CASES = {
+    "es-scheme": (break_elasticsearch_scheme, "speaks https"),
+    "es-host": (break_elasticsearch_host, "no Service 'elastic'"),
+    "kibana-port": (break_kibana_port, "exposes [5601], not 5602"),
     "service-selector": (break_selector, "Service grafana: selects no pod template"),
     "service-port": (break_target_port, "targets 'http', which the selected"),
     "config-map": (break_config_map, "ConfigMap 'grafana-datasource' is not rendered"),
