@@ -81,3 +81,29 @@ def find_program(name: str) -> str:
     path = shutil.which(name)
     assert path, f"{name} is not installed; run `make setup-test` (or `make test`)"
     return path
+
+
+def elasticsearch_and_kibana(namespace: str = "monitoring") -> tuple[list, list]:
+    """The documents and declared Secrets of the servers clients talk to.
+
+    Component tests add these to their own documents before checking
+    references, because a client alone refers to servers it does not deploy.
+    """
+    import cdk8s
+
+    from constructs_lib.common import declared_secrets
+    from constructs_lib.elasticsearch import Elasticsearch, ElasticsearchSettings
+    from constructs_lib.kibana import Kibana, KibanaSettings
+
+    chart = cdk8s.Chart(cdk8s.Testing.app(), "servers")
+    server = Elasticsearch(
+        chart, "elasticsearch", settings=ElasticsearchSettings(), namespace=namespace
+    )
+    Kibana(
+        chart,
+        "kibana",
+        settings=KibanaSettings(),
+        namespace=namespace,
+        elasticsearch=server.endpoint,
+    )
+    return chart.to_json(), declared_secrets(chart)

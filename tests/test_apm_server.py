@@ -44,7 +44,7 @@ from constructs_lib.elastic import CERTS_SECRET, ELASTICSEARCH
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.filebeat import Filebeat, FilebeatSettings
 from constructs_lib.integrity import check_references
-from tests.conftest import find_program
+from tests.conftest import elasticsearch_and_kibana, find_program
 
 NAMESPACE = "monitoring"
 VARIABLES = {"ES_PASSWORD", "APM_SECRET_TOKEN"}
@@ -138,7 +138,13 @@ def test_every_object_is_valid_kubernetes_1_27(objects: list[dict]) -> None:
 def test_every_reference_resolves_within_the_chart() -> None:
     chart, _ = build()
 
-    assert check_references(chart.to_json(), declared_secrets(chart)) == []
+    servers, server_secrets = elasticsearch_and_kibana()
+    assert (
+        check_references(
+            chart.to_json() + servers, declared_secrets(chart) + server_secrets
+        )
+        == []
+    )
 
 
 def test_filebeat_and_apm_server_share_one_chart_cleanly() -> None:
@@ -153,7 +159,13 @@ def test_filebeat_and_apm_server_share_one_chart_cleanly() -> None:
     )
     certs = {s.keys for s in declared_secrets(chart) if s.name == CERTS_SECRET}
 
-    assert check_references(chart.to_json(), declared_secrets(chart)) == []
+    servers, server_secrets = elasticsearch_and_kibana()
+    assert (
+        check_references(
+            chart.to_json() + servers, declared_secrets(chart) + server_secrets
+        )
+        == []
+    )
     assert len(certs) == 1
 
 

@@ -45,6 +45,7 @@ from constructs_lib.elasticsearch_setup import (
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.integrity import check_references
 from constructs_lib.kibana import KIBANA, KIBANA_USER
+from tests.conftest import elasticsearch_and_kibana
 
 NAMESPACE = "monitoring"
 WRITER_ROLE = {
@@ -135,7 +136,8 @@ def test_every_object_is_valid_kubernetes_1_27(objects: list[dict]) -> None:
 def test_every_reference_resolves_and_every_secret_is_declared() -> None:
     chart, objects = synth()
     secrets = declared_secrets(chart)
-    assert check_references(objects, secrets) == []
+    servers, server_secrets = elasticsearch_and_kibana()
+    assert check_references(objects + servers, secrets + server_secrets) == []
     names = {secret.name for secret in secrets}
     assert names == {
         "elasticsearch-elastic",

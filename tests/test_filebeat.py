@@ -37,7 +37,7 @@ from constructs_lib.filebeat import (
     launch_script,
 )
 from constructs_lib.integrity import check_references
-from tests.conftest import find_program
+from tests.conftest import elasticsearch_and_kibana, find_program
 
 NAMESPACE = "monitoring"
 
@@ -148,7 +148,13 @@ def test_every_reference_resolves_within_the_chart() -> None:
         environment="production",
         elasticsearch=ELASTICSEARCH,
     )
-    assert check_references(chart.to_json(), declared_secrets(chart)) == []
+    servers, server_secrets = elasticsearch_and_kibana()
+    assert (
+        check_references(
+            chart.to_json() + servers, declared_secrets(chart) + server_secrets
+        )
+        == []
+    )
 
 
 def test_the_operator_secrets_are_declared() -> None:

@@ -45,6 +45,7 @@ from constructs_lib.kibana import (
     check_kibana_config,
     kibana_config,
 )
+from tests.conftest import elasticsearch_and_kibana
 
 NAMESPACE = "monitoring"
 KEYS = {
@@ -122,7 +123,11 @@ def test_every_object_is_valid_and_every_reference_resolves() -> None:
     chart, objects = synth()
     for obj in objects:
         kubernetes_validate.validate(obj, "1.27.0", strict=True)
-    assert check_references(objects, declared_secrets(chart)) == []
+    servers, server_secrets = elasticsearch_and_kibana()
+    assert (
+        check_references(objects + servers, declared_secrets(chart) + server_secrets)
+        == []
+    )
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
         ("ServiceAccount", "kibana"),
         ("ConfigMap", "kibana-config"),
