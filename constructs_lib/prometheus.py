@@ -58,6 +58,7 @@ NAME = "prometheus"
 PORT = 9090
 CONFIG_DIR = "/etc/prometheus/config"
 RULES_DIR = "/etc/prometheus/rules"
+REPLICA_LABEL = "replica"
 DATA_DIR = "/prometheus"
 
 # The keys a kubernetes_sd_config accepts in Prometheus 2.40, and its roles.
@@ -360,13 +361,19 @@ def prometheus_config(
         "global": {
             "scrape_interval": settings.scrape_interval,
             "evaluation_interval": settings.evaluation_interval,
-            "external_labels": dict(external_labels),
+            # Each replica names itself, so that anything reading from both
+            # (a federation, remote storage) can tell them apart; the pod
+            # name is expanded at start (--enable-feature below).
+            "external_labels": {**dict(external_labels), REPLICA_LABEL: "${POD_NAME}"},
         },
         "rule_files": [f"{RULES_DIR}/*.yml"],
         "alerting": {
+            # Replicas send identical alerts; without their replica label the
+            # alerts are equal too, and Alertmanager notifies once.
+            "alert_relabel_configs": [{"action": "labeldrop", "regex": REPLICA_LABEL}],
             "alertmanagers": [
                 {"static_configs": [{"targets": [am.address for am in alertmanagers]}]}
-            ]
+            ],
         },
         "scrape_configs": jobs,
     }
@@ -662,6 +669,15 @@ class Prometheus(Construct):
                 f"--storage.tsdb.retention.time={settings.retention}",
                 f"--web.listen-address=:{PORT}",
                 "--web.enable-lifecycle",
+                "--enable-feature=expand-external-labels",
+            ],
+            env=[
+                k8s.EnvVar(
+                    name="POD_NAME",
+                    value_from=k8s.EnvVarSource(
+                        field_ref=k8s.ObjectFieldSelector(field_path="metadata.name")
+                    ),
+                )
             ],
             ports=[container_port("web", PORT)],
             resources=settings.resources.to_k8s(),

@@ -139,8 +139,9 @@ def test_email_subject_is_a_header(manifest: Manifest) -> None:
     assert email["headers"]["Subject"].startswith("Sunday.com Alert")
 
 
-def test_single_alertmanager_turns_gossip_off(manifest: Manifest) -> None:
-    pod = manifest.get("StatefulSet", "alertmanager")["spec"]["template"]["spec"]
+def test_single_alertmanager_turns_gossip_off(manifests: dict[str, Manifest]) -> None:
+    staging = manifests["staging"]
+    pod = staging.get("StatefulSet", "alertmanager")["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
 
     assert "--cluster.listen-address=" in args
@@ -172,3 +173,20 @@ def test_three_alertmanagers_form_a_cluster() -> None:
         f"alertmanager-{i}.alertmanager-headless:9093" for i in range(3)
     ]
     assert [d["kind"] for d in docs].count("PodDisruptionBudget") == 1
+
+
+def test_production_alertmanagers_gossip_with_every_peer(
+    manifests: dict[str, Manifest],
+) -> None:
+    production = manifests["production"]
+    pod = production.get("StatefulSet", "alertmanager")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    headless = production.get("Service", "alertmanager-headless")
+
+    assert [a for a in args if a.startswith("--cluster.peer=")] == [
+        f"--cluster.peer=alertmanager-{i}.alertmanager-headless:9094" for i in range(3)
+    ]
+    assert ("mesh-tcp", 9094) in [
+        (p["name"], p["port"]) for p in headless["spec"]["ports"]
+    ]
+    assert headless["spec"]["publishNotReadyAddresses"] is True

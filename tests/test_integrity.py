@@ -124,7 +124,7 @@ def break_scrape_port(docs: Docs) -> None:
 def break_alertmanager_peer(docs: Docs) -> None:
     def change(config: dict) -> None:
         static = config["alerting"]["alertmanagers"][0]["static_configs"][0]
-        static["targets"].append("alertmanager-1.alertmanager-headless:9093")
+        static["targets"].append("alertmanager-3.alertmanager-headless:9093")
 
     edit_config(docs, "prometheus-config", "prometheus.yml", change)
 
@@ -205,7 +205,7 @@ CASES = {
     ),
     "scrape-target": (break_scrape_target, "no Service 'redis_exporter'"),
     "scrape-port": (break_scrape_port, "grafana:80: Service 'grafana' exposes [3000]"),
-    "peer": (break_alertmanager_peer, "has no replica 1"),
+    "peer": (break_alertmanager_peer, "has no replica 3"),
     "datasource": (break_datasource, "no Service 'prometheus-server'"),
     "credential-file": (break_credential_file, "/etc/alertmanager/smtp is read in"),
     "env-file": (break_env_file, "reads /etc/grafana/admin-password, which no mount"),

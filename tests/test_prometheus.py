@@ -112,6 +112,7 @@ def test_global_settings_follow_the_environment(manifest: Manifest) -> None:
     assert config["global"]["external_labels"] == {
         "cluster": f"sunday-{environment}",
         "environment": environment,
+        "replica": "${POD_NAME}",
     }
     assert config["rule_files"] == [f"{RULES_DIR}/*.yml"]
 
@@ -297,3 +298,30 @@ def _job(manifest: Manifest, name: str) -> dict[str, Any]:
         if job["job_name"] == name
     ]
     return job
+
+
+def test_replicas_are_told_apart_but_alert_once(manifest: Manifest) -> None:
+    config = prometheus_yml(manifest)
+    container = manifest.get("StatefulSet", "prometheus")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+
+    assert "--enable-feature=expand-external-labels" in container["args"]
+    [env] = container["env"]
+    assert env["name"] == "POD_NAME"
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert config["alerting"]["alert_relabel_configs"] == [
+        {"action": "labeldrop", "regex": "replica"}
+    ]
+
+
+def test_production_runs_two_prometheus_and_three_alertmanagers(
+    manifests: dict[str, Manifest],
+) -> None:
+    production = manifests["production"]
+
+    assert production.get("StatefulSet", "prometheus")["spec"]["replicas"] == 2
+    assert production.get("StatefulSet", "alertmanager")["spec"]["replicas"] == 3
+    for name in ("prometheus", "alertmanager", "elasticsearch"):
+        budget = production.get("PodDisruptionBudget", name)
+        assert budget["spec"]["maxUnavailable"] == 1
