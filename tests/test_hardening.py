@@ -129,3 +129,22 @@ def test_no_secret_value_is_rendered(manifest: Manifest) -> None:
     for line in manifest.text.splitlines():
         match = suspicious.search(line)
         assert match is None or "_file" in line or "/" in match.group(0), line
+
+
+def test_every_replicated_workload_has_a_budget_and_spreads(manifest: Manifest) -> None:
+    budgets = manifest.of_kind("PodDisruptionBudget")
+    for kind in ("Deployment", "StatefulSet"):
+        for doc in manifest.of_kind(kind):
+            if doc["spec"].get("replicas", 1) < 2:
+                continue
+            labels = doc["spec"]["template"]["metadata"]["labels"]
+            name = doc["metadata"]["name"]
+            covering = [
+                b
+                for b in budgets
+                if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+            ]
+            assert covering, f"{kind} {name} has replicas but no PodDisruptionBudget"
+            spread = doc["spec"]["template"]["spec"].get("topologySpreadConstraints")
+            assert spread, f"{kind} {name} does not spread its replicas"
+            assert spread[0]["topologyKey"] == "kubernetes.io/hostname"
