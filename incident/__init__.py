@@ -86,6 +86,11 @@ __all__ = ["main", "new_incident_id", "render_report", "slack_escape"]
 PROG = "python -m incident"
 SEVERITIES = ("critical", "warning", "info")
 URGENCY = {"critical": "high", "warning": "low", "info": "low"}
+EMOJI = {
+    "critical": ":rotating_light:",
+    "warning": ":warning:",
+    "info": ":information_source:",
+}
 COLOURS = {"critical": "#D40E0D", "warning": "#F2A900", "info": "#439FE0"}
 DEFAULT_PAGERDUTY_API_URL = "https://api.pagerduty.com"
 PAGERDUTY_ACCEPT = "application/vnd.pagerduty+json;version=2"
@@ -439,13 +444,13 @@ def render_report(incident: Incident) -> str:
 - [ ] Assess the impact and update this report
 - [ ] Identify the root cause
 - [ ] Mitigate and verify the fix
-- [ ] Update the status page if customers are affected
 - [ ] Resolve the PagerDuty incident
 - [ ] Schedule the post-mortem
 
 ## Communication
 
 {communication}
+- [ ] Status page: update it if customers are affected
 """
 
 
@@ -553,9 +558,12 @@ def _one_line(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _error_excerpt(body: bytes) -> str:
-    """PagerDuty's error message and errors, else the start of the body."""
-    text = body.decode("utf-8", errors="replace")
+def _error_excerpt(body: bytes, redact: Redactor) -> str:
+    """PagerDuty's error message and errors, else the start of the body.
+
+    Redacted before it is cut short, so no part of a secret is left.
+    """
+    text = redact(body.decode("utf-8", errors="replace"))
     try:
         document = json.loads(text)
     except ValueError:
@@ -576,7 +584,7 @@ def _describe_error(error: BaseException, timeout: float) -> str:
         error, urllib.error.HTTPError
     ):
         reason = error.reason
-    if isinstance(reason, TimeoutError | socket.timeout):
+    if isinstance(reason, TimeoutError):
         return f"timed out after {timeout:g} s"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
@@ -598,6 +606,7 @@ def send(
     *,
     timeout: float,
     attempts: int,
+    redact: Redactor,
     sleep: Any = time.sleep,
 ) -> Outcome:
     """POST ``call``; retry on 429, 5xx and connection errors, no redirects."""
@@ -622,7 +631,7 @@ def send(
                 body = b""
             finally:
                 error.close()
-            detail = _error_excerpt(body) or (error.reason or "")
+            detail = _error_excerpt(body, redact) or redact(str(error.reason or ""))
             last = Outcome(False, attempt, error.code, str(detail), body)
             if error.code != 429 and error.code < 500:
                 return last
@@ -630,7 +639,8 @@ def send(
             if error.code == 429 and retry_after.isdigit():
                 delay = min(float(retry_after), 10.0)
         except (OSError, http.client.HTTPException, ValueError) as error:
-            last = Outcome(False, attempt, None, _describe_error(error, timeout))
+            reason = redact(_describe_error(error, timeout))
+            last = Outcome(False, attempt, None, reason)
         if attempt < attempts:
             sleep(delay)
     return last
@@ -686,7 +696,7 @@ def slack_call(incident: Incident, target: SlackTarget, pagerduty: str) -> Call:
         f"{slack_escape(incident.description)}"
     )
     payload = {
-        "text": f":rotating_light: {headline}",
+        "text": f"{EMOJI[severity]} {headline}",
         "attachments": [
             {
                 "color": COLOURS[severity],
@@ -807,9 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the report and print the requests (secrets redacted); send none",
     )
     open_.add_argument("--no-pagerduty", action="store_true", help="do not page")
-    open_.add_argument(
-        "--no-slack", action="store_true", help="do not post to Slack"
-    )
+    open_.add_argument("--no-slack", action="store_true", help="do not post to Slack")
     open_.add_argument(
         "--timeout",
         type=_timeout,
@@ -830,9 +838,7 @@ def check_description(text: str) -> str:
     if not description:
         raise UsageError("--description is empty")
     if _CONTROL.search(description):
-        raise UsageError(
-            "--description must be one line without control characters"
-        )
+        raise UsageError("--description must be one line without control characters")
     if len(description) > MAX_DESCRIPTION:
         raise UsageError(f"--description is longer than {MAX_DESCRIPTION} characters")
     return description
@@ -859,7 +865,7 @@ class Console:
         print(self.redact(text), file=self.out, flush=True)
 
     def fail(self, text: str) -> None:
-        print(f"incident: {self.redact(_one_line(text, 400))}", file=self.err)
+        print(f"incident: {_one_line(self.redact(text), 400)}", file=self.err)
         self.err.flush()
 
 
@@ -893,7 +899,6 @@ def open_incident(
     incident.communication["Slack"] = (
         "skipped (--no-slack)" if slack is None else pending
     )
-    incident.communication["Status page"] = "[ ] update if customers are affected"
     report = directory / REPORT_NAME
     try:
         write_new_file(report, redactor(render_report(incident)))
@@ -919,6 +924,7 @@ def open_incident(
             pagerduty_call(incident, pagerduty),
             timeout=args.timeout,
             attempts=args.attempts,
+            redact=redactor,
         )
         when = utc(now_utc())
         if outcome.ok:
@@ -929,7 +935,8 @@ def open_incident(
             incident.communication["PagerDuty"] = status
             incident.timeline.append(f"{when}: PagerDuty {status}")
             console.say(f"PagerDuty: {status}")
-            slack_summary = f"<{link}|{name or 'incident'}>" if link else "paged"
+            label = slack_escape(name or "incident")
+            slack_summary = f"<{link}|{label}>" if link else "paged"
         else:
             failed = True
             detail = outcome.describe()
@@ -938,9 +945,7 @@ def open_incident(
                 "page the on-call by hand"
             )
             incident.timeline.append(f"{when}: PagerDuty page FAILED ({detail})")
-            console.fail(
-                f"PagerDuty: POST {pagerduty.endpoint} failed: {detail}"
-            )
+            console.fail(f"PagerDuty: POST {pagerduty.endpoint} failed: {detail}")
             slack_summary = f"page FAILED ({slack_escape(detail)})"
 
     if slack is not None:
@@ -948,6 +953,7 @@ def open_incident(
             slack_call(incident, slack, slack_summary),
             timeout=args.timeout,
             attempts=args.attempts,
+            redact=redactor,
         )
         when = utc(now_utc())
         if outcome.ok:
