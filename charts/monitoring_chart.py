@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from cdk8s import Chart
 from constructs import Construct
 
+from constructs_lib.network_policies import NetworkPolicies, derive_flows
 from constructs_lib.stack import MonitoringStack, StackSettings
 
 
@@ -25,4 +26,15 @@ class MonitoringChart(Chart):
         self.settings = settings
         self.stack = MonitoringStack(
             self, "stack", settings=settings, rule_files=rule_files
+        )
+        # Last: the flows are read from every object above, and a workload
+        # added after this would get no rule and be cut off by the default
+        # deny. At chart level, because the flows of one namespace are read
+        # from the whole chart.
+        self.network_policies = NetworkPolicies(
+            self,
+            "network-policies",
+            settings=settings.network_policies,
+            namespace=settings.namespace,
+            flows=derive_flows(self.to_json()),
         )

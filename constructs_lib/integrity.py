@@ -28,11 +28,11 @@ from constructs_lib.common import SERVICE_ACCOUNT_DIR, OperatorSecret
 Doc = dict[str, Any]
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
-_SELF = {"localhost", "127.0.0.1", "0.0.0.0"}
-_POD_DNS = re.compile(
+SELF = {"localhost", "127.0.0.1", "0.0.0.0"}
+POD_DNS = re.compile(
     r"^(?P<set>[a-z0-9-]+)-(?P<index>[0-9]+)\.(?P<service>[a-z0-9-]+)$"
 )
-_URL = re.compile(r"\bhttps?://[A-Za-z0-9.-]+(?::[0-9]+)?")
+URL = re.compile(r"\bhttps?://[A-Za-z0-9.-]+(?::[0-9]+)?")
 _FILE_REFERENCE = re.compile(r"\$__file\{([^}]+)\}")
 
 
@@ -40,7 +40,7 @@ def check_references(
     documents: Sequence[Doc], secrets: Iterable[OperatorSecret]
 ) -> list[str]:
     """Every unresolved reference in one chart's documents, one line each."""
-    chart = _Chart(documents, secrets)
+    chart = ChartIndex(documents, secrets)
     return (
         chart.services()
         + chart.pods()
@@ -50,7 +50,9 @@ def check_references(
     )
 
 
-class _Chart:
+class ChartIndex:
+    """The documents of one chart, indexed for reference lookups."""
+
     def __init__(self, documents: Sequence[Doc], secrets: Iterable[OperatorSecret]):
         self.documents = [doc for doc in documents if doc]
         self.secrets: dict[tuple[str, str], set[str]] = {}
@@ -286,11 +288,11 @@ class _Chart:
             namespace = config_map["metadata"].get("namespace", "")
             for key, text in (config_map.get("data") or {}).items():
                 where = f"ConfigMap {config_map['metadata']['name']} {key}"
-                for address in _addresses(key, text):
+                for address in prometheus_targets(key, text):
                     problem = self.resolve(namespace, address)
                     if problem:
                         problems.append(f"{where}: {problem}")
-                for url in _URL.findall(text):
+                for url in URL.findall(text):
                     problem = self.resolve_url(namespace, url)
                     if problem:
                         problems.append(f"{where}: {problem}")
@@ -302,7 +304,7 @@ class _Chart:
                 values = list(container.get("args", []))
                 values += list(container.get("command", []))
                 values += [env.get("value", "") for env in container.get("env", [])]
-                for url in _URL.findall("\n".join(values)):
+                for url in URL.findall("\n".join(values)):
                     problem = self.resolve_url(namespace, url)
                     if problem:
                         problems.append(
@@ -315,7 +317,7 @@ class _Chart:
         parsed = urlparse(url)
         if not parsed.hostname:
             return None
-        address = _url_address(url)
+        address = url_address(url)
         problem = self.resolve(namespace, address)
         if problem:
             return problem
@@ -379,15 +381,15 @@ class _Chart:
         chart (another team's target) and is not checked.
         """
         host, _, port_text = address.rpartition(":")
-        if host in _SELF:
+        if host in SELF:
             return None
         labels = host.split(".")
         services = self.named("Service")
-        pod = _POD_DNS.match(".".join(labels[:2]))
+        pod = POD_DNS.match(".".join(labels[:2]))
         if (
             pod
             and (namespace, pod["service"]) in services
-            and _local(labels[2:], namespace)
+            and is_local(labels[2:], namespace)
         ):
             governing = services[(namespace, pod["service"])]
             statefulset = self.named("StatefulSet").get((namespace, pod["set"]))
@@ -405,7 +407,7 @@ class _Chart:
                     f"{pod['index']}"
                 )
             service = governing
-        elif _local(labels[1:], namespace):
+        elif is_local(labels[1:], namespace):
             service = services.get((namespace, labels[0]))
             if service is None:
                 return f"{address}: no Service {labels[0]!r} in {namespace!r}"
@@ -420,7 +422,7 @@ class _Chart:
         return None
 
 
-def _local(suffix: Sequence[str], namespace: str) -> bool:
+def is_local(suffix: Sequence[str], namespace: str) -> bool:
     """Whether a DNS suffix keeps a name inside ``namespace``."""
     return list(suffix) in (
         [],
@@ -433,7 +435,7 @@ def _local(suffix: Sequence[str], namespace: str) -> bool:
 # --- reading configs ---------------------------------------------------------
 
 
-def _addresses(key: str, text: str) -> list[str]:
+def prometheus_targets(key: str, text: str) -> list[str]:
     """The in-cluster addresses a known config file refers to."""
     if key == "prometheus.yml":
         config = yaml.safe_load(text) or {}
@@ -475,7 +477,7 @@ def _file_paths(text: str) -> list[str]:
     return paths
 
 
-def _url_address(url: str) -> str:
+def url_address(url: str) -> str:
     parsed = urlparse(url)
     default = 443 if parsed.scheme == "https" else 80
     return f"{parsed.hostname}:{parsed.port or default}"

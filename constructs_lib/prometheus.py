@@ -307,12 +307,19 @@ def kubelet_job(settings: PrometheusSettings) -> dict[str, Any]:
 
 
 def pods_by_label_job(
-    job: str, namespace: str, name: str, port_name: str
+    job: str,
+    namespace: str,
+    name: str,
+    port_name: str,
+    instance_from: str = "__meta_kubernetes_pod_node_name",
 ) -> dict[str, Any]:
     """Every pod of one workload, one target per pod, named after its node.
 
-    Used for DaemonSets such as node-exporter, where each pod is its own
-    target and a Service would balance scrapes across nodes.
+    Used where each pod is its own target and a Service would balance
+    scrapes across pods: node-exporter (one per node, named after its node)
+    and replicated workloads such as the Jaeger collector (named after the
+    pod, with ``instance_from="__meta_kubernetes_pod_name"``). ``name`` is a
+    regular expression over the pods' ``app.kubernetes.io/name`` label.
     """
     return {
         "job_name": job,
@@ -330,10 +337,7 @@ def pods_by_label_job(
                 "action": "keep",
                 "regex": port_name,
             },
-            {
-                "source_labels": ["__meta_kubernetes_pod_node_name"],
-                "target_label": "instance",
-            },
+            {"source_labels": [instance_from], "target_label": "instance"},
         ],
     }
 

@@ -40,6 +40,7 @@ from constructs_lib.grafana import Grafana, GrafanaSettings
 from constructs_lib.jaeger import Jaeger, JaegerSettings, grafana_datasource
 from constructs_lib.kibana import KIBANA_USER, Kibana, KibanaSettings
 from constructs_lib.kube_state_metrics import KubeStateMetrics, KubeStateMetricsSettings
+from constructs_lib.network_policies import NetworkPolicySettings
 from constructs_lib.node_exporter import NodeExporter, NodeExporterSettings
 from constructs_lib.postgres_exporter import PostgresExporter, PostgresExporterSettings
 from constructs_lib.prometheus import Prometheus, PrometheusSettings
@@ -98,6 +99,9 @@ class StackSettings(StrictModel):
     filebeat: FilebeatSettings = Field(default_factory=FilebeatSettings)
     apm_server: ApmServerSettings = Field(default_factory=ApmServerSettings)
     jaeger: JaegerSettings = Field(default_factory=JaegerSettings)
+    network_policies: NetworkPolicySettings = Field(
+        default_factory=NetworkPolicySettings
+    )
 
     @model_validator(mode="after")
     def _namespace_is_its_own(self) -> StackSettings:
@@ -359,10 +363,13 @@ class MonitoringStack(Construct):
             prom.static_job("kube-state-metrics", self.kube_state_metrics.endpoint),
             prom.static_job("postgres-exporter", self.postgres_exporter.endpoint),
             prom.static_job("redis-exporter", self.redis_exporter.endpoint),
-            {
-                "job_name": "jaeger",
-                "static_configs": [
-                    {"targets": [endpoint.address for endpoint in self.jaeger.metrics]}
-                ],
-            },
+            # Each Jaeger process by pod: through the Service, each scrape
+            # would reach a random collector replica.
+            prom.pods_by_label_job(
+                "jaeger",
+                settings.namespace,
+                "|".join(sorted({e.host for e in self.jaeger.metrics} | {"jaeger"})),
+                "admin",
+                instance_from="__meta_kubernetes_pod_name",
+            ),
         ]

@@ -55,7 +55,8 @@ def test_kubernetes_discovery_blocks_are_valid(manifest: Manifest) -> None:
         for sd in job.get("kubernetes_sd_configs", [])
     ]
 
-    assert len(blocks) == 3
+    # sunday-backend, kubernetes-nodes, node-exporter and jaeger.
+    assert len(blocks) == 4
     assert kubernetes_sd_problems(config) == []
 
 

@@ -94,12 +94,14 @@ def test_every_discovery_job_is_internal_or_declared_external(
             for r in job["relabel_configs"]
             if r.get("action") == "keep"
         }
-        name = keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)]
+        names = keeps[("__meta_kubernetes_pod_label_app_kubernetes_io_name",)]
         port = keeps[("__meta_kubernetes_pod_container_port_name",)]
-        assert name in labelled, f"job {job['job_name']}: no workload {name!r}"
-        pod = labelled[name]["spec"]["template"]["spec"]
-        ports = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
-        assert port in ports, f"job {job['job_name']}: no container port {port!r}"
+        matched = [name for name in labelled if re.fullmatch(names, name)]
+        assert matched, f"job {job['job_name']}: no workload matches {names!r}"
+        for name in matched:
+            pod = labelled[name]["spec"]["template"]["spec"]
+            ports = {p["name"] for c in pod["containers"] for p in c.get("ports", [])}
+            assert port in ports, f"job {job['job_name']}: {name} has no {port!r}"
 
 
 def test_alerts_are_sent_to_deployed_alertmanagers(manifest: Manifest) -> None:

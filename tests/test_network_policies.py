@@ -1,0 +1,701 @@
+"""NetworkPolicies derived from the charts, proven by evaluating them.
+
+The policies are not compared with expected YAML: they are run through a
+small NetworkPolicy evaluator with Kubernetes' semantics, against the pods
+the charts render and pods of other namespaces. Every flow the stack needs
+must be allowed, and every other connection to a pod of the namespace, on
+any port it declares, must be refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import constructs_lib  # noqa: F401  (quiets the JavaScript bridge first)
+
+# isort: split
+import cdk8s
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from charts.loader import load_environments
+from charts.monitoring_chart import MonitoringChart
+from constructs_lib.common import declared_secrets
+from constructs_lib.errors import ConfigurationError
+from constructs_lib.integrity import check_references
+from constructs_lib.network_policies import (
+    DEFAULT_DENY,
+    NAMESPACE_NAME_LABEL,
+    Audience,
+    Flow,
+    NetworkPolicies,
+    NetworkPolicySettings,
+    Workload,
+    derive_flows,
+    scrape_namespaces,
+)
+from constructs_lib.stack import StackSettings
+
+Doc = dict[str, Any]
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/version",
+}
+OPS = "ops"  # a namespace given UI access in some tests
+STRANGER = "somebody-else"  # a namespace no setting names
+
+
+# --- a NetworkPolicy evaluator -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A running pod as policies see it: labels, namespace, declared ports."""
+
+    name: str
+    namespace: str
+    labels: Mapping[str, str]
+    ports: tuple[tuple[str, int, str], ...] = ()
+    """(name, containerPort, protocol) of every container port."""
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a LabelSelector matches; the empty selector matches all."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values", [])
+        matched = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not matched:
+            return False
+    return True
+
+
+class Cluster:
+    """Ingress NetworkPolicies evaluated as the API documents them.
+
+    A pod is isolated for ingress once any policy with Ingress in its
+    policyTypes selects it; a connection to an isolated pod is allowed when
+    some rule of some selecting policy matches both its source and its
+    port. Named ports resolve against the destination's container ports.
+    """
+
+    def __init__(
+        self, policies: Sequence[Doc], namespaces: Mapping[str, Mapping[str, str]]
+    ) -> None:
+        self.policies = policies
+        self.namespaces = namespaces
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        # Kubernetes sets the name label on every namespace itself.
+        return {
+            **self.namespaces.get(namespace, {}),
+            NAMESPACE_NAME_LABEL: namespace,
+        }
+
+    def allows(self, source: Pod, destination: Pod, port: int, protocol: str) -> bool:
+        selecting = [
+            policy
+            for policy in self.policies
+            if policy["metadata"]["namespace"] == destination.namespace
+            and "Ingress" in policy_types(policy)
+            and selects(policy["spec"]["podSelector"], destination.labels)
+        ]
+        if not selecting:
+            return True
+        return any(
+            self._from(rule, policy["metadata"]["namespace"], source)
+            and self._ports(rule, destination, port, protocol)
+            for policy in selecting
+            for rule in policy["spec"].get("ingress", [])
+        )
+
+    def _from(self, rule: Doc, namespace: str, source: Pod) -> bool:
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            assert "ipBlock" not in peer, "the policies select pods, not addresses"
+            if "namespaceSelector" in peer:
+                in_namespace = selects(
+                    peer["namespaceSelector"], self.namespace_labels(source.namespace)
+                )
+            else:
+                in_namespace = source.namespace == namespace
+            pod = selects(peer.get("podSelector", {}), source.labels)
+            if in_namespace and pod:
+                return True
+        return False
+
+    def _ports(self, rule: Doc, destination: Pod, port: int, protocol: str) -> bool:
+        entries = rule.get("ports")
+        if not entries:
+            return True
+        for entry in entries:
+            if entry.get("protocol", "TCP") != protocol:
+                continue
+            wanted = entry.get("port")
+            if wanted is None:
+                return True
+            if isinstance(wanted, str):
+                if (wanted, port, protocol) in destination.ports:
+                    return True
+            elif wanted <= port <= entry.get("endPort", wanted):
+                return True
+        return False
+
+
+def policy_types(policy: Doc) -> list[str]:
+    spec = policy["spec"]
+    if "policyTypes" in spec:
+        return spec["policyTypes"]
+    return ["Ingress"] + (["Egress"] if spec.get("egress") else [])
+
+
+# --- the charts ----------------------------------------------------------------
+
+
+@dataclass
+class Rendered:
+    settings: StackSettings
+    documents: list[Doc]
+    flows: list[Flow]
+
+    @property
+    def namespace(self) -> str:
+        return self.settings.namespace
+
+    def pods(self) -> dict[str, Pod]:
+        """One pod of every workload, by workload name."""
+        found = {}
+        for doc in self.documents:
+            if doc["kind"] not in WORKLOADS:
+                continue
+            spec = doc["spec"]
+            if doc["kind"] == "CronJob":
+                spec = spec["jobTemplate"]["spec"]
+            template = spec["template"]
+            ports = tuple(
+                (port.get("name", ""), port["containerPort"], port["protocol"])
+                for container in template["spec"]["containers"]
+                for port in container.get("ports", [])
+            )
+            name = doc["metadata"]["name"]
+            found[name] = Pod(
+                name, self.namespace, template["metadata"]["labels"], ports
+            )
+        return found
+
+    def cluster(self, policies: Sequence[Doc]) -> Cluster:
+        [namespace] = [d for d in self.documents if d["kind"] == "Namespace"]
+        return Cluster(policies, {self.namespace: namespace["metadata"]["labels"]})
+
+
+def render(settings: StackSettings) -> Rendered:
+    chart = MonitoringChart(cdk8s.Testing.app(), settings=settings)
+    documents = chart.to_json()
+    return Rendered(settings, documents, derive_flows(documents))
+
+
+def policies(rendered: Rendered, settings: NetworkPolicySettings) -> list[Doc]:
+    chart = cdk8s.Chart(cdk8s.Testing.app(), "policies")
+    NetworkPolicies(
+        chart,
+        "network-policies",
+        settings=settings,
+        namespace=rendered.namespace,
+        flows=rendered.flows,
+    )
+    return chart.to_json()
+
+
+def app_pod(namespace: str) -> Pod:
+    return Pod("backend", namespace, {"app": "backend"}, (("http", 8000, "TCP"),))
+
+
+def keys(flows: Sequence[Flow]) -> set[tuple[str, str, int, str]]:
+    return {flow.key for flow in flows}
+
+
+@pytest.fixture(scope="module")
+def environments() -> dict[str, StackSettings]:
+    return {settings.environment: settings for settings in load_environments()}
+
+
+@pytest.fixture(scope="module")
+def charts(environments: dict[str, StackSettings]) -> dict[str, Rendered]:
+    return {name: render(settings) for name, settings in environments.items()}
+
+
+@pytest.fixture(params=["production", "staging"])
+def rendered(request: pytest.FixtureRequest, charts: dict[str, Rendered]) -> Rendered:
+    return charts[request.param]
+
+
+# --- the evaluator itself --------------------------------------------------------
+
+
+def test_the_evaluator_follows_kubernetes_semantics() -> None:
+    server = Pod("server", "a", {"role": "server"}, (("web", 8080, "TCP"),))
+    client = Pod("client", "a", {"role": "client"})
+    remote = Pod("client", "b", {"role": "client"})
+
+    def policy(spec: Doc, namespace: str = "a") -> Doc:
+        return {"metadata": {"name": "p", "namespace": namespace}, "spec": spec}
+
+    # No policy selects the server: everything is allowed.
+    assert Cluster([], {}).allows(client, server, 8080, "TCP")
+    # A policy for another namespace does not isolate it either.
+    deny = {"podSelector": {}, "policyTypes": ["Ingress"]}
+    assert Cluster([policy(deny, "b")], {}).allows(client, server, 8080, "TCP")
+    assert not Cluster([policy(deny)], {}).allows(client, server, 8080, "TCP")
+    # A named port resolves against the destination's container ports.
+    named = {
+        "podSelector": {"matchLabels": {"role": "server"}},
+        "ingress": [
+            {
+                "from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                "ports": [{"port": "web"}],
+            }
+        ],
+    }
+    cluster = Cluster([policy(deny), policy(named)], {})
+    assert cluster.allows(client, server, 8080, "TCP")
+    assert not cluster.allows(client, server, 8080, "UDP")
+    assert not cluster.allows(client, server, 9090, "TCP")
+    # A bare podSelector means this namespace only.
+    assert not cluster.allows(remote, server, 8080, "TCP")
+    # namespaceSelector and podSelector in one peer: both must match.
+    both = {
+        "podSelector": {},
+        "ingress": [
+            {
+                "from": [
+                    {
+                        "namespaceSelector": {"matchLabels": {"team": "x"}},
+                        "podSelector": {"matchLabels": {"role": "other"}},
+                    }
+                ]
+            }
+        ],
+    }
+    cluster = Cluster([policy(both)], {"b": {"team": "x"}})
+    assert not cluster.allows(remote, server, 8080, "TCP")
+    assert cluster.allows(Pod("other", "b", {"role": "other"}), server, 8080, "TCP")
+
+
+# --- derivation --------------------------------------------------------------------
+
+
+def required_flows(settings: StackSettings) -> set[tuple[str, str, int, str]]:
+    """The flows every environment needs, whatever its sizes."""
+    es = "elasticsearch"
+    # Staging's all-in-one Jaeger is one workload behind both Services.
+    collector, query = (
+        ("jaeger-collector", "jaeger-query")
+        if settings.jaeger.mode == "production"
+        else ("jaeger", "jaeger")
+    )
+    flows = {
+        ("prometheus", "alertmanager", 9093, "TCP"),
+        ("prometheus", "grafana", 3000, "TCP"),
+        ("prometheus", "kube-state-metrics", 8080, "TCP"),
+        ("prometheus", "postgres-exporter", 9187, "TCP"),
+        ("prometheus", "redis-exporter", 9121, "TCP"),
+        ("prometheus", collector, 14269, "TCP"),
+        ("prometheus", "node-exporter", 9100, "TCP"),
+        ("grafana", "prometheus", 9090, "TCP"),
+        ("grafana", es, 9200, "TCP"),
+        ("grafana", query, 16686, "TCP"),
+        ("kibana", es, 9200, "TCP"),
+        ("filebeat", es, 9200, "TCP"),
+        ("apm-server", es, 9200, "TCP"),
+        ("elasticsearch-setup", es, 9200, "TCP"),
+        ("elasticsearch-setup", "kibana", 5601, "TCP"),
+        ("ui_namespaces", "grafana", 3000, "TCP"),
+        ("ui_namespaces", "kibana", 5601, "TCP"),
+        ("ui_namespaces", query, 16686, "TCP"),
+        ("ui_namespaces", "prometheus", 9090, "TCP"),
+        ("ui_namespaces", "alertmanager", 9093, "TCP"),
+        ("app_namespaces", "apm-server", 8200, "TCP"),
+    }
+    flows |= {
+        ("app_namespaces", collector, port, "TCP") for port in (4317, 4318, 14250)
+    }
+    if settings.jaeger.mode == "production":
+        flows |= {
+            ("prometheus", query, 16687, "TCP"),
+            ("jaeger-collector", es, 9200, "TCP"),
+            ("jaeger-query", es, 9200, "TCP"),
+            ("jaeger-es-index-cleaner", es, 9200, "TCP"),
+        }
+    if settings.elasticsearch.replicas > 1:
+        flows.add((es, es, 9300, "TCP"))
+    if settings.alertmanager.replicas > 1:
+        flows |= {
+            ("alertmanager", "alertmanager", 9094, "TCP"),
+            ("alertmanager", "alertmanager", 9094, "UDP"),
+        }
+    return flows
+
+
+def test_derivation_finds_every_flow_the_stack_needs(rendered: Rendered) -> None:
+    missing = required_flows(rendered.settings) - keys(rendered.flows)
+    assert not missing, f"not derived: {sorted(missing)}"
+
+
+def test_prometheus_reaches_exactly_its_targets(charts: dict[str, Rendered]) -> None:
+    production = charts["production"]
+    # Pod discovery keeps node-exporter alone, though the exporters also
+    # name a port "metrics"; each replica scrapes itself on localhost.
+    assert {
+        (flow.destination.name, flow.port)
+        for flow in production.flows
+        if flow.source == workload(production, "prometheus")
+    } == {
+        ("alertmanager", 9093),
+        ("grafana", 3000),
+        ("kube-state-metrics", 8080),
+        ("postgres-exporter", 9187),
+        ("redis-exporter", 9121),
+        ("jaeger-collector", 14269),
+        ("jaeger-query", 16687),
+        ("node-exporter", 9100),
+    }
+
+
+def test_in_pod_and_client_only_connections_are_not_flows(rendered: Rendered) -> None:
+    derived = keys(rendered.flows)
+    # The readiness probe asks https://elasticsearch:9200 pinned to
+    # 127.0.0.1: the node answers it itself.
+    assert ("elasticsearch", "elasticsearch", 9200, "TCP") not in derived
+    destinations = {flow.destination.name for flow in rendered.flows}
+    # Clients only: nothing connects to them.
+    for client in ("filebeat", "elasticsearch-setup"):
+        assert client not in destinations
+
+
+def workload(rendered: Rendered, name: str) -> Workload:
+    [found] = {
+        flow.source
+        for flow in rendered.flows
+        if isinstance(flow.source, Workload) and flow.source.name == name
+    } | {flow.destination for flow in rendered.flows if flow.destination.name == name}
+    return found
+
+
+def test_flows_select_pods_by_stable_labels_only(rendered: Rendered) -> None:
+    for flow in rendered.flows:
+        for end in (flow.source, flow.destination):
+            if isinstance(end, Workload):
+                assert dict(end.selector) == {
+                    "app.kubernetes.io/name": end.name,
+                    "app.kubernetes.io/instance": end.name,
+                }, end
+    node_exporter = workload(rendered, "node-exporter")
+    assert node_exporter.host_network
+
+
+def test_app_namespaces_default_to_the_namespaces_prometheus_scrapes(
+    rendered: Rendered,
+) -> None:
+    expected = list(rendered.settings.prometheus.app_namespaces)
+    assert scrape_namespaces(rendered.documents) == expected
+    audiences = {f.source for f in rendered.flows if isinstance(f.source, Audience)}
+    assert Audience("app_namespaces", tuple(expected)) in audiences
+
+
+def test_clustered_alertmanager_gossips_over_tcp_and_udp(
+    environments: dict[str, StackSettings],
+) -> None:
+    staging = environments["staging"]
+    assert staging.alertmanager.replicas == 1  # the lone case
+    alone = render(staging)
+    assert not [flow for flow in alone.flows if flow.port == 9094]
+
+    clustered = render(
+        staging.model_copy(
+            update={
+                "alertmanager": staging.alertmanager.model_copy(update={"replicas": 3})
+            }
+        )
+    )
+    mesh = {key for key in keys(clustered.flows) if key[2] == 9094}
+    assert mesh == {
+        ("alertmanager", "alertmanager", 9094, "TCP"),
+        ("alertmanager", "alertmanager", 9094, "UDP"),
+    }
+    pods = clustered.pods()
+    cluster = clustered.cluster(policies(clustered, NetworkPolicySettings()))
+    peer = pods["alertmanager"]
+    for protocol in ("TCP", "UDP"):
+        assert cluster.allows(peer, peer, 9094, protocol)
+        assert not cluster.allows(pods["prometheus"], peer, 9094, protocol)
+
+
+def test_addresses_resolve_to_the_pods_port() -> None:
+    """A Service port maps to its target; headless names reach the pod as is."""
+
+    def deployment(name: str, ports: list[Doc], env: list[Doc]) -> Doc:
+        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": name}
+        container = {"name": name, "image": "x:1", "ports": ports, "env": env}
+        return {
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {
+                        "labels": {**labels, "app.kubernetes.io/version": "1"}
+                    },
+                    "spec": {"containers": [container]},
+                },
+            },
+        }
+
+    def service(name: str, port: int, target: Any, headless: bool = False) -> Doc:
+        spec: Doc = {
+            "selector": {"app.kubernetes.io/name": "web"},
+            "ports": [{"port": port, "targetPort": target}],
+        }
+        if headless:
+            spec["clusterIP"] = "None"
+        return {
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": spec,
+        }
+
+    addresses = [
+        "http://web:80/api",
+        "--peer=web-headless:7946",
+        "http://web.ns.svc:80",
+        "http://web.elsewhere:80",  # another namespace: egress
+        "http://localhost:80",  # inside the pod
+    ]
+    documents = [
+        deployment("web", [{"name": "http", "containerPort": 8080}], []),
+        deployment(
+            "client",
+            [],
+            [{"name": f"X{i}", "value": v} for i, v in enumerate(addresses)],
+        ),
+        service("web", 80, "http"),
+        service("web-headless", 8080, 8080, headless=True),
+    ]
+    assert keys(derive_flows(documents)) == {
+        ("client", "web", 8080, "TCP"),
+        ("client", "web", 7946, "TCP"),
+    }
+
+
+def test_discovery_the_policies_cannot_resolve_stops_the_synth(
+    charts: dict[str, Rendered],
+) -> None:
+    documents = copy.deepcopy(charts["production"].documents)
+    [config_map] = [
+        d
+        for d in documents
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "prometheus-config"
+    ]
+    config = yaml.safe_load(config_map["data"]["prometheus.yml"])
+    config["scrape_configs"].append(
+        {
+            "job_name": "services",
+            "kubernetes_sd_configs": [
+                {"role": "endpoints", "namespaces": {"names": ["monitoring"]}}
+            ],
+        }
+    )
+    config_map["data"]["prometheus.yml"] = yaml.safe_dump(config)
+    with pytest.raises(ConfigurationError, match="'endpoints' targets"):
+        derive_flows(documents)
+
+
+# --- the policies, evaluated ----------------------------------------------------
+
+
+def test_every_flow_is_allowed(rendered: Rendered) -> None:
+    settings = NetworkPolicySettings(ui_namespaces=[OPS])
+    cluster = rendered.cluster(policies(rendered, settings))
+    pods = rendered.pods()
+    for flow in rendered.flows:
+        destination = pods[flow.destination.name]
+        if isinstance(flow.source, Workload):
+            sources = [pods[flow.source.name]]
+        else:
+            namespaces = (
+                [OPS] if flow.source.setting == "ui_namespaces" else flow.source.derived
+            )
+            sources = [app_pod(namespace) for namespace in namespaces]
+        assert sources, flow
+        for source in sources:
+            assert cluster.allows(source, destination, flow.port, flow.protocol), (
+                f"{flow.key} refused ({flow.reason})"
+            )
+
+
+def test_nothing_but_the_flows_is_allowed(rendered: Rendered) -> None:
+    """Every source, every pod of the namespace, every port it declares."""
+    settings = NetworkPolicySettings(ui_namespaces=[OPS])
+    cluster = rendered.cluster(policies(rendered, settings))
+    pods = rendered.pods()
+    apps = list(rendered.settings.prometheus.app_namespaces)
+    outsiders = [app_pod(namespace) for namespace in [*apps, OPS, STRANGER]]
+    allowed = keys(rendered.flows)
+
+    def expected(source: Pod, destination: Pod, port: int, protocol: str) -> bool:
+        if source.namespace == rendered.namespace:
+            name = source.name
+        elif source.namespace == OPS:
+            name = "ui_namespaces"
+        elif source.namespace in apps:
+            name = "app_namespaces"
+        else:
+            return False
+        return (name, destination.name, port, protocol) in allowed
+
+    checked = 0
+    for source in [*pods.values(), *outsiders]:
+        for destination in pods.values():
+            ports = {(number, protocol) for _, number, protocol in destination.ports}
+            # A port nobody declares is refused like any other.
+            for port, protocol in ports | {(2222, "TCP"), (2222, "UDP")}:
+                assert cluster.allows(source, destination, port, protocol) == expected(
+                    source, destination, port, protocol
+                ), (
+                    f"{source.namespace}/{source.name} -> {destination.name} "
+                    f"{port}/{protocol}"
+                )
+                checked += 1
+    assert checked > 500
+
+
+def test_named_non_flows_are_refused(charts: dict[str, Rendered]) -> None:
+    production = charts["production"]
+    cluster = production.cluster(policies(production, NetworkPolicySettings()))
+    pods = production.pods()
+    app = app_pod("sunday-production")
+
+    assert not cluster.allows(pods["grafana"], pods["alertmanager"], 9093, "TCP")
+    assert not cluster.allows(pods["kibana"], pods["prometheus"], 9090, "TCP")
+    assert not cluster.allows(app, pods["elasticsearch"], 9200, "TCP")
+    # No UI namespace is set: an application pod cannot open Grafana.
+    assert not cluster.allows(app, pods["grafana"], 3000, "TCP")
+    # Only Prometheus reads postgres-exporter.
+    exporter = pods["postgres-exporter"]
+    for name, source in [*pods.items(), ("app", app)]:
+        assert cluster.allows(source, exporter, 9187, "TCP") == (name == "prometheus")
+
+
+def test_audiences_follow_their_settings(charts: dict[str, Rendered]) -> None:
+    production = charts["production"]
+    pods = production.pods()
+    app, ops = app_pod("sunday-production"), app_pod(OPS)
+    ingest = [("apm-server", 8200)] + [
+        ("jaeger-collector", port) for port in (4317, 4318, 14250, 14268)
+    ]
+    ui = [
+        ("grafana", 3000),
+        ("kibana", 5601),
+        ("jaeger-query", 16686),
+        ("prometheus", 9090),
+        ("alertmanager", 9093),
+    ]
+
+    default = production.cluster(policies(production, NetworkPolicySettings()))
+    for name, port in ingest:
+        assert default.allows(app, pods[name], port, "TCP"), name
+        assert not default.allows(ops, pods[name], port, "TCP"), name
+    for name, port in ui:
+        assert not default.allows(ops, pods[name], port, "TCP"), name
+    # The collector's admin port is Prometheus' alone.
+    assert not default.allows(app, pods["jaeger-collector"], 14269, "TCP")
+
+    opened = production.cluster(
+        policies(production, NetworkPolicySettings(ui_namespaces=[OPS]))
+    )
+    for name, port in ui:
+        assert opened.allows(ops, pods[name], port, "TCP"), name
+        assert not opened.allows(app, pods[name], port, "TCP"), name
+    assert not opened.allows(ops, pods["elasticsearch"], 9200, "TCP")
+
+    closed = production.cluster(
+        policies(production, NetworkPolicySettings(app_namespaces=[]))
+    )
+    for name, port in ingest:
+        assert not closed.allows(app, pods[name], port, "TCP"), name
+
+
+# --- the objects -----------------------------------------------------------------
+
+
+def test_policies_are_schema_valid_and_labelled(rendered: Rendered) -> None:
+    for settings in (
+        NetworkPolicySettings(),
+        NetworkPolicySettings(ui_namespaces=[OPS], app_namespaces=["a", "b"]),
+    ):
+        rendered_policies = policies(rendered, settings)
+        names = [p["metadata"]["name"] for p in rendered_policies]
+        assert len(names) == len(set(names))
+        for policy in rendered_policies:
+            kubernetes_validate.validate(policy, "1.27.0", strict=True)
+            assert policy["metadata"]["namespace"] == rendered.namespace
+            assert STANDARD_LABELS <= set(policy["metadata"]["labels"])
+            # Egress stays open: isolating it would need rules for DNS,
+            # the API server, the kubelets and the internet.
+            assert policy["spec"]["policyTypes"] == ["Ingress"]
+        [deny] = [p for p in rendered_policies if p["metadata"]["name"] == DEFAULT_DENY]
+        assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+        destinations = {flow.destination.name for flow in rendered.flows}
+        assert set(names) == {DEFAULT_DENY} | {f"{d}-ingress" for d in destinations}
+
+
+def test_policies_added_to_the_chart_keep_its_references_whole(
+    environments: dict[str, StackSettings],
+) -> None:
+    """MonitoringChart adds the policies last; the synth-time check holds."""
+    settings = environments["production"]
+    chart = MonitoringChart(cdk8s.Testing.app(), settings=settings)
+    documents = chart.to_json()
+    policies = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    expected_chart = cdk8s.Chart(cdk8s.Testing.app(), "expected")
+    NetworkPolicies(
+        expected_chart,
+        "network-policies",
+        settings=settings.network_policies,
+        namespace=settings.namespace,
+        flows=derive_flows([d for d in documents if d["kind"] != "NetworkPolicy"]),
+    )
+    expected = expected_chart.to_json()
+
+    assert len(policies) > 2
+    assert [(p["metadata"]["name"], p["spec"]) for p in policies] == [
+        (p["metadata"]["name"], p["spec"]) for p in expected
+    ]
+    assert check_references(documents, declared_secrets(chart)) == []
+
+
+def test_settings_are_strict() -> None:
+    assert NetworkPolicySettings().ui_namespaces == []
+    assert NetworkPolicySettings().app_namespaces is None
+    with pytest.raises(ValidationError, match="DNS label"):
+        NetworkPolicySettings(ui_namespaces=["Ops_Team"])
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        NetworkPolicySettings.model_validate({"egress": True})
