@@ -17,7 +17,7 @@ TEST_DEBS := prometheus prometheus-alertmanager prometheus-node-exporter \
 
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 18,20
 
-.PHONY: setup setup-test synth test lint clean
+.PHONY: setup setup-test synth test lint clean bench
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || ./scripts/install-debs.sh python3-venv
@@ -43,6 +43,11 @@ synth: setup
 
 test: setup-test
 	$(PY) -m pytest
+
+# Render and alert-latency figures (docs/benchmarks.md);
+# e.g. make bench BENCH_ARGS=--quick
+bench: setup
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -86,6 +86,13 @@ class ReceiverSettings(StrictModel):
     smtp_username: str = Field(
         default="apikey", description="SMTP user name. Defaults to 'apikey'."
     )
+    heartbeat_url: str | None = Field(
+        default=None,
+        pattern=r"^https://[^\s]+$",
+        description="HTTPS URL of an external dead man's switch that receives "
+        "the always-firing Watchdog every 5 minutes and alarms when it stops. "
+        "Defaults to none: the Watchdog is then dropped, not emailed.",
+    )
     slack_channel: str = Field(
         default="#alerts",
         pattern=r"^#[a-z0-9_-]+$",
@@ -164,6 +171,16 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
             "group_interval": settings.group_interval,
             "repeat_interval": settings.repeat_interval,
             "routes": [
+                # The always-firing Watchdog proves the whole path works; it
+                # goes only to the dead man's switch, which alarms when the
+                # heartbeats stop, and never to people.
+                {
+                    "matchers": ['alertname="Watchdog"'],
+                    "receiver": "heartbeat",
+                    "group_wait": "0s",
+                    "group_interval": "1m",
+                    "repeat_interval": "5m",
+                },
                 {
                     "matchers": ['severity="critical"'],
                     "receiver": "pagerduty-critical",
@@ -180,6 +197,18 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
             ],
         },
         "receivers": [
+            {
+                "name": "heartbeat",
+                **(
+                    {
+                        "webhook_configs": [
+                            {"url": receivers.heartbeat_url, "send_resolved": False}
+                        ]
+                    }
+                    if receivers.heartbeat_url
+                    else {}
+                ),
+            },
             {
                 "name": "default",
                 "email_configs": [

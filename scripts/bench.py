@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -168,9 +169,18 @@ def child_env(settings_dir: Path | None = None) -> dict[str, str]:
 
 
 def timed_run(
-    argv: Sequence[str], env: Mapping[str, str], timeout: float = RUN_TIMEOUT
-) -> tuple[float, str]:
-    """Wall-clock seconds of one subprocess, and its stdout."""
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float = RUN_TIMEOUT,
+    name: str | None = None,
+) -> tuple[float, float, str]:
+    """Wall-clock and CPU seconds of one subprocess, and its stdout.
+
+    CPU is user + system time of the process and every descendant it waited
+    for, the jsii Node.js process included: less sensitive than wall-clock
+    time to other work on the machine.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(
         argv,
@@ -182,13 +192,18 @@ def timed_run(
         check=False,
     )
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.returncode != 0:
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        lines = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        where = [line.strip() for line in lines if line.lstrip().startswith("File ")]
+        detail = lines[-1] if lines else "no output"
+        if where:
+            detail += f" ({where[-1]})"
         raise RunFailed(
-            f"`{' '.join(argv[1:])}` exited {result.returncode}: "
-            + (detail[-1] if detail else "no output")
+            f"`{name or ' '.join(argv[1:])}` exited {result.returncode}: {detail}"
         )
-    return elapsed, result.stdout
+    return elapsed, cpu, result.stdout
 
 
 class Variant:
@@ -202,30 +217,59 @@ class Variant:
         self.env = env
         self.phases = phases
         self.times: list[float] = []
+        self.cpus: list[float] = []
         self.phase_runs: list[dict[str, float]] = []
-        self.error: str | None = None
+        self.attempts = 0
+        self.errors: list[str] = []  # distinct messages of failed runs
+        self.outdir: Path | None = None
 
     def run(self) -> None:
-        if self.error:
-            return
+        """One run. A failure is recorded and the next repetition tries
+        again: files edited while the benchmark runs can break one run."""
+        self.attempts += 1
         try:
-            elapsed, stdout = timed_run(self.argv, self.env)
+            elapsed, cpu, stdout = timed_run(self.argv, self.env)
         except (RunFailed, subprocess.TimeoutExpired) as error:
-            self.error = str(error)
+            if str(error) not in self.errors:
+                self.errors.append(str(error))
             return
         self.times.append(elapsed)
+        self.cpus.append(cpu)
         if self.phases:
-            self.phase_runs.append(json.loads(stdout.strip().splitlines()[-1])["phases"])
+            self.phase_runs.append(
+                json.loads(stdout.strip().splitlines()[-1])["phases"]
+            )
+
+    def reset(self) -> None:
+        self.times.clear()
+        self.cpus.clear()
+        self.phase_runs.clear()
+        self.errors.clear()
+        self.attempts = 0
+
+    @property
+    def failed(self) -> int:
+        return self.attempts - len(self.times)
 
     @property
     def median(self) -> float | None:
-        return statistics.median(self.times) if self.times and not self.error else None
+        return statistics.median(self.times) if self.times else None
+
+    @property
+    def cpu(self) -> float | None:
+        return statistics.median(self.cpus) if self.cpus else None
+
+    def runs_text(self) -> str:
+        ok = len(self.times)
+        return str(ok) if not self.failed else f"{ok} of {self.attempts}"
 
     def phase_medians(self) -> dict[str, float]:
         if not self.phase_runs:
             return {}
         names = list(self.phase_runs[0])
-        return {n: statistics.median(r.get(n, 0.0) for r in self.phase_runs) for n in names}
+        return {
+            n: statistics.median(r.get(n, 0.0) for r in self.phase_runs) for n in names
+        }
 
 
 # --------------------------------------------------------------------------
@@ -284,7 +328,15 @@ def write_scaling_dirs(base: Path) -> dict[int, Path]:
 # --------------------------------------------------------------------------
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_UNITS = {
+    "ms": 0.001,
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 604800,
+    "y": 31536000,
+}
 
 
 def seconds(duration: str | int | float) -> float:
@@ -301,7 +353,9 @@ def seconds(duration: str | int | float) -> float:
 
 
 def _matches(matcher: str, labels: Mapping[str, str]) -> bool:
-    found = re.fullmatch(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*', matcher)
+    found = re.fullmatch(
+        r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*', matcher
+    )
     if not found:
         return False
     name, op, value = found.groups()
@@ -331,7 +385,10 @@ def alertmanager_route(config: Mapping[str, Any], labels: Mapping[str, str]) -> 
         for index, child in enumerate(route.get("routes", [])):
             if _route_matches(child, labels):
                 group_wait = child.get("group_wait", group_wait)
-                child = {**child, "receiver": child.get("receiver", route.get("receiver"))}
+                child = {
+                    **child,
+                    "receiver": child.get("receiver", route.get("receiver")),
+                }
                 route = child
                 path.append(f"routes[{index}]")
                 break
@@ -359,13 +416,21 @@ def latency_bound(manifest: Path) -> dict[str, Any]:
                 return doc
         raise LookupError(f"{manifest.name} has no {kind} {name}")
 
-    prometheus = yaml.safe_load(get("ConfigMap", "prometheus-config")["data"]["prometheus.yml"])
+    prometheus = yaml.safe_load(
+        get("ConfigMap", "prometheus-config")["data"]["prometheus.yml"]
+    )
     glob = prometheus.get("global", {})
     job = next(
-        (j for j in prometheus["scrape_configs"] if j["job_name"] == "postgres-exporter"), {}
+        (
+            j
+            for j in prometheus["scrape_configs"]
+            if j["job_name"] == "postgres-exporter"
+        ),
+        {},
     )
     scrape = job.get("scrape_interval", glob.get("scrape_interval", "1m"))
-    timeout = job.get("scrape_timeout", glob.get("scrape_timeout", "10s"))
+    timeout = job.get("scrape_timeout", glob.get("scrape_timeout"))
+    timeout = f"{timeout}" if timeout else "10s (Prometheus default)"
     evaluation = glob.get("evaluation_interval", "1m")
 
     rule, rule_file = None, None
@@ -386,7 +451,8 @@ def latency_bound(manifest: Path) -> dict[str, Any]:
     route = alertmanager_route(alertmanager, labels)
     peers = get("StatefulSet", "alertmanager")
     args = next(
-        c.get("args", []) for c in peers["spec"]["template"]["spec"]["containers"]
+        c.get("args", [])
+        for c in peers["spec"]["template"]["spec"]["containers"]
         if c["name"] == "alertmanager"
     )
     peer_timeout = _flag(args, "cluster.peer-timeout", "15s")
@@ -409,7 +475,7 @@ def latency_bound(manifest: Path) -> dict[str, Any]:
         "best": f_eval + g,
         "mid": f_eval + g + (s + e) / 2,
         "worst": s + e + f_eval + g,
-        "worst_with_timeout": s + seconds(timeout) + e + f_eval + g,
+        "worst_with_timeout": s + seconds(timeout.split()[0]) + e + f_eval + g,
         "seconds": {"scrape": s, "evaluation": e, "for": f_eval, "group_wait": g},
     }
 
@@ -486,19 +552,31 @@ def machine_facts() -> list[tuple[str, str]]:
         ("kernel", f"{platform.system()} {platform.release()}"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("node", _output(["node", "--version"])),
-        ("cdk8s / cdk8s-plus-27 / jsii",
-         f"{version('cdk8s')} / {version('cdk8s-plus-27')} / {version('jsii')}"),
+        (
+            "cdk8s / cdk8s-plus-27 / jsii",
+            f"{version('cdk8s')} / {version('cdk8s-plus-27')} / {version('jsii')}",
+        ),
         ("promtool", _output(["promtool", "--version"]).split(" (")[0]),
         ("load average at start", load),
     ]
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  ") -> str:
+_NUMBER = re.compile(r"^[-~]?[0-9.]+(s|%)?( \.\. [0-9.]+)?( \([0-9.]+\))?$|^-$")
+
+
+def table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "  "
+) -> str:
+    """Plain columns: numbers right-aligned, text left-aligned."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for number, row in enumerate([header, *rows]):
         cells = [
-            str(cell).ljust(widths[i]) if i == 0 else str(cell).rjust(widths[i])
+            str(cell).rjust(widths[i])
+            if i
+            and _NUMBER.match(str(cell))
+            or (number == 0 and i and _numeric(rows, i))
+            else str(cell).ljust(widths[i])
             for i, cell in enumerate(row)
         ]
         lines.append(indent + "  ".join(cells).rstrip())
@@ -507,19 +585,24 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = " 
     return "\n".join(lines)
 
 
+def _numeric(rows: Sequence[Sequence[str]], column: int) -> bool:
+    return all(_NUMBER.match(str(r[column])) for r in rows if str(r[column]))
+
+
 def fmt(value: float | None, unit: str = "s") -> str:
     return "-" if value is None else f"{value:.2f}{unit}"
 
 
 def stats_row(variant: Variant) -> list[str]:
-    if variant.error:
-        return [variant.label, "FAILED", "", "", ""]
+    if not variant.times:
+        return [variant.label, "FAILED", "", "", "", variant.runs_text()]
     return [
         variant.label,
-        fmt(statistics.median(variant.times)),
+        fmt(variant.median),
         fmt(min(variant.times)),
         fmt(max(variant.times)),
-        str(len(variant.times)),
+        fmt(variant.cpu),
+        variant.runs_text(),
     ]
 
 
@@ -543,223 +626,272 @@ def progress(message: str) -> None:
 
 
 def benchmark(repeat: int, quick: bool) -> int:
+    sys.stdout.reconfigure(line_buffering=True)
     started = time.perf_counter()
-    python = sys.executable
-    me = str(Path(__file__).resolve())
-    builtin = sorted(p.stem for p in SETTINGS_DIR.glob("*.y*ml"))
-
     print("Sunday monitoring stack: render and alert-latency benchmark")
     print()
     print(table(["machine", ""], machine_facts()))
     print()
-
     with tempfile.TemporaryDirectory(prefix="monitoring-bench-") as tmp:
         base = Path(tmp)
-        scaling_dirs = write_scaling_dirs(base)
-        outdir = base / "out"
-        outdir.mkdir()
+        runs = Runs(base, quick)
+        if not quick:
+            progress("warm-up (not counted) ...")
+            for variant in (runs.floor, runs.builtin_render):
+                variant.run()
+                variant.reset()
+        for rep in range(1, repeat + 1):
+            progress(f"repetition {rep}/{repeat} ({len(runs.all)} runs) ...")
+            for variant in runs.all:
+                variant.run()
+        render_seconds = time.perf_counter() - started
+        print_floor(runs)
+        print_scaling(runs, quick)
+        failed = [v for v in runs.all if v.failed]
+        for variant in failed:
+            for error in variant.errors:
+                print(f"  failed run of {variant.label}: {error}")
+        if failed:
+            print()
+        print_latency(runs, quick)
+    total = time.perf_counter() - started
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"Ran in {total:.0f}s ({render_seconds:.0f}s of render runs, {repeat} "
+        f"repetitions{', --quick' if quick else ''}); load average at end {load}."
+    )
+    return 1 if failed else 0
 
-        def render_only(label: str, settings: Path, env: dict[str, str]) -> Variant:
-            out = Path(tempfile.mkdtemp(dir=outdir))
-            argv = [python, me, "--child-render", str(settings), str(out)]
-            return Variant(label, argv, env, phases=True)
 
-        floor = Variant(
+class Runs:
+    """Every measured command of one benchmark, in the order they run."""
+
+    def __init__(self, base: Path, quick: bool) -> None:
+        python = sys.executable
+        main_check = [python, str(ROOT / "main.py"), "--check"]
+        self.base = base
+        self.builtin = sorted(p.stem for p in SETTINGS_DIR.glob("*.y*ml"))
+        self.floor = Variant(
             "floor: python -c 'import cdk8s, cdk8s_plus_27'",
             [python, "-c", FLOOR_CODE],
             child_env(),
         )
-        builtin_render = render_only(
-            "render only, no promtool (bench.py --child-render)", SETTINGS_DIR, child_env()
+        self.builtin_render = self._render_only(
+            "render only, no promtool (bench.py --child-render)", SETTINGS_DIR
         )
-        builtin_render_out = Path(builtin_render.argv[-1])
-        builtin_check = Variant(
-            "main.py --check (render + promtool)",
-            [python, str(ROOT / "main.py"), "--check"],
-            child_env(),
+        self.builtin_check = Variant(
+            "main.py --check (render + promtool)", main_check, child_env()
         )
-        scale_render = {
-            n: render_only(f"{n} env render only", d, child_env(d))
-            for n, d in scaling_dirs.items()
+        dirs = write_scaling_dirs(base)
+        self.scale_render = {
+            n: self._render_only(f"{n} env render only", d) for n, d in dirs.items()
         }
-        scale_check = {
-            n: Variant(
-                f"{n} env main.py --check",
-                [python, str(ROOT / "main.py"), "--check"],
-                child_env(d),
-            )
-            for n, d in scaling_dirs.items()
+        self.scale_check = {
+            n: Variant(f"{n} env main.py --check", main_check, child_env(d))
+            for n, d in dirs.items()
         }
-        variants = [floor, builtin_render, builtin_check, *scale_render.values()]
+        self.all = [
+            self.floor,
+            self.builtin_render,
+            self.builtin_check,
+            *self.scale_render.values(),
+        ]
         if not quick:
-            variants += list(scale_check.values())
+            self.all += self.scale_check.values()
 
-        if not quick:
-            progress("warm-up (not counted) ...")
-            for variant in (floor, builtin_render):
-                variant.run()
-                variant.times.clear()
-                variant.phase_runs.clear()
-        for rep in range(1, repeat + 1):
-            progress(f"repetition {rep}/{repeat} ({len(variants)} runs) ...")
-            for variant in variants:
-                variant.run()
-        bench_seconds = time.perf_counter() - started
+    def _render_only(self, label: str, settings: Path) -> Variant:
+        out = Path(tempfile.mkdtemp(prefix="render-", dir=self.base))
+        argv = [sys.executable, str(Path(__file__).resolve())]
+        argv += ["--child-render", str(settings), str(out)]
+        env = child_env(None if settings == SETTINGS_DIR else settings)
+        variant = Variant(label, argv, env, phases=True)
+        variant.outdir = out
+        return variant
 
-        # 1. Floor versus render --------------------------------------------
-        print(
-            f"1. Floor versus rendering every built-in environment "
-            f"({', '.join(builtin)}), fresh process each run"
-        )
-        print()
-        header = ["command", "median", "min", "max", "runs"]
-        print(table(header, [stats_row(v) for v in (floor, builtin_render, builtin_check)]))
-        f, r, c = floor.median, builtin_render.median, builtin_check.median
-        print()
-        if None not in (f, r, c):
-            print(
-                table(
-                    ["derived (medians)", "seconds"],
-                    [
-                        ["render only minus floor (this library's own work)", fmt(r - f)],
-                        ["main.py --check minus render only (promtool)", fmt(c - r)],
-                        ["floor share of main.py --check", f"{100 * f / c:.0f}%"],
-                    ],
-                )
-            )
-            print()
-        phases = builtin_render.phase_medians()
-        if phases:
-            total = sum(phases.values())
-            rows = [[name, fmt(value)] for name, value in phases.items()]
-            rows.append(["sum (in-process; the rest is process start and exit)", fmt(total)])
-            print(table(["render only, phases inside the process (medians)", ""], rows))
-            print()
 
-        # 2. Scaling ---------------------------------------------------------
-        print("2. Render time as environments are added (copies of staging.yaml: qa1..qaN)")
-        print()
-        rows = []
-        for n in SCALING_SIZES:
-            ro, ch = scale_render[n], scale_check[n]
-            rows.append(
-                [
-                    str(n),
-                    fmt(ro.median),
-                    "FAILED" if ro.error else f"{fmt(min(ro.times))}..{fmt(max(ro.times))}",
-                    fmt(ch.median) if not quick else "(--quick)",
-                    ("FAILED" if ch.error else f"{fmt(min(ch.times))}..{fmt(max(ch.times))}")
-                    if not quick
-                    else "",
-                ]
-            )
-        print(
-            table(
-                ["envs", "render only", "min..max", "main.py --check", "min..max"], rows
-            )
-        )
-        print()
-        marginal = []
-        for label, group in (("render only", scale_render), ("main.py --check", scale_check)):
-            points = [(n, v.median) for n, v in group.items() if v.median is not None]
-            if len(points) == len(SCALING_SIZES):
-                fixed, per = slope(points)
-                t = dict(points)
-                marginal.append(
-                    [
-                        label,
-                        fmt(per),
-                        fmt((t[8] - t[1]) / 7),
-                        fmt(t[2] - t[1]),
-                        fmt(fixed),
-                    ]
-                )
-        if marginal:
-            print(
-                table(
-                    [
-                        "marginal cost per environment",
-                        "fit 1,2,8",
-                        "(t8-t1)/7",
-                        "t2-t1",
-                        "fixed (fit at 0)",
-                    ],
-                    marginal,
-                )
-            )
-            print()
-        for variant in variants:
-            if variant.error:
-                print(f"  FAILED {variant.label}: {variant.error}")
-        if any(v.error for v in variants):
-            print()
-
-        # 3. Latency ---------------------------------------------------------
-        print(
-            f"3. Failure-to-notification latency: PostgreSQL stopped -> {LATENCY_ALERT} "
-            "-> PagerDuty sink, production intervals"
-        )
-        print()
-        manifest = builtin_render_out / f"{LATENCY_ENVIRONMENT}.k8s.yaml"
-        source = "this run's render"
-        if not manifest.exists():
-            manifest, source = ROOT / "dist" / f"{LATENCY_ENVIRONMENT}.k8s.yaml", "dist/"
-        try:
-            bound = latency_bound(manifest)
-        except (OSError, LookupError, KeyError, ValueError) as error:
-            bound = None
-            print(f"  theoretical bound: not computed ({error})")
-        latency_line, latency_duration = measure_latency(bound, quick, manifest.parent)
-        if bound:
-            print_bound(bound, source)
-        print(
-            table(
-                ["", "seconds"],
-                [
-                    ["measured (tests/e2e)", latency_line],
-                    [
-                        "theoretical best .. worst (mid)",
-                        f"{bound['best']:.0f} .. {bound['worst']:.0f} ({bound['mid']:.0f})"
-                        if bound
-                        else "-",
-                    ],
-                    ["duration of the latency run", latency_duration],
-                ],
-            )
-        )
-        print()
-    total = time.perf_counter() - started
+def print_floor(runs: Runs) -> None:
+    floor, render, check = runs.floor, runs.builtin_render, runs.builtin_check
     print(
-        f"Ran in {total:.0f}s ({bench_seconds:.0f}s of render runs, "
-        f"{repeat} repetitions{', --quick' if quick else ''}); "
-        f"load average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}."
+        "1. Floor versus rendering every built-in environment "
+        f"({', '.join(runs.builtin)}), a fresh process each run"
     )
-    return 1 if any(v.error for v in variants) else 0
+    print()
+    header = ["command", "median", "min", "max", "CPU", "runs"]
+    print(table(header, [stats_row(v) for v in (floor, render, check)]))
+    print()
+    wall = (floor.median, render.median, check.median)
+    cpu = (floor.cpu, render.cpu, check.cpu)
+    if None not in wall + cpu:
+        rows = [
+            [
+                "render only minus floor (this library's own work)",
+                fmt(wall[1] - wall[0]),
+                fmt(cpu[1] - cpu[0]),
+            ],
+            [
+                "main.py --check minus render only (promtool)",
+                fmt(wall[2] - wall[1]),
+                fmt(cpu[2] - cpu[1]),
+            ],
+            [
+                "floor share of main.py --check",
+                f"{100 * wall[0] / wall[2]:.0f}%",
+                f"{100 * cpu[0] / cpu[2]:.0f}%",
+            ],
+        ]
+        print(table(["derived from the medians", "wall-clock", "CPU"], rows))
+        print()
+    phases = render.phase_medians()
+    if phases:
+        rows = [[name, fmt(value)] for name, value in phases.items()]
+        rows.append(
+            ["sum (the rest is process start and exit)", fmt(sum(phases.values()))]
+        )
+        print(table(["render only, phases inside the process (medians)", ""], rows))
+        print()
+
+
+def spread(variant: Variant) -> str:
+    if not variant.attempts:
+        return ""
+    if not variant.times:
+        return "FAILED"
+    text = f"{fmt(min(variant.times))}..{fmt(max(variant.times))}"
+    return text + (f" ({variant.failed} failed)" if variant.failed else "")
+
+
+def print_scaling(runs: Runs, quick: bool) -> None:
+    print(
+        "2. Render time as environments are added "
+        f"(copies of {TEMPLATE_ENVIRONMENT}.yaml: qa1..qaN), medians"
+    )
+    print()
+    rows = []
+    for n in SCALING_SIZES:
+        render, check = runs.scale_render[n], runs.scale_check[n]
+        rows.append(
+            [
+                str(n),
+                fmt(render.median),
+                spread(render),
+                fmt(render.cpu),
+                "(--quick)" if quick else fmt(check.median),
+                spread(check),
+                "" if quick else fmt(check.cpu),
+            ]
+        )
+    header = ["environments", "render only", "min..max", "CPU"]
+    header += ["main.py --check", "min..max", "CPU"]
+    print(table(header, rows))
+    print()
+    marginal = []
+    for label, group in (
+        ("render only", runs.scale_render),
+        ("main.py --check", runs.scale_check),
+    ):
+        for measure in ("median", "cpu"):
+            points = [(n, getattr(v, measure)) for n, v in group.items()]
+            if any(t is None for _, t in points):
+                continue
+            fixed, per = slope(points)
+            t = dict(points)
+            first, last = SCALING_SIZES[0], SCALING_SIZES[-1]
+            per_span = (t[last] - t[first]) / (last - first)
+            name = f"{label}, {'wall-clock' if measure == 'median' else 'CPU'}"
+            marginal.append(
+                [name, fmt(per), fmt(per_span), fmt(t[2] - t[1]), fmt(fixed)]
+            )
+    if marginal:
+        header = [
+            "cost of one more environment",
+            "fit over 1,2,8",
+            "(t8-t1)/7",
+            "t2-t1",
+            "fixed (fit at 0)",
+        ]
+        print(table(header, marginal))
+        print()
+
+
+def print_latency(runs: Runs, quick: bool) -> None:
+    print(
+        f"3. Failure-to-notification latency: PostgreSQL stopped -> {LATENCY_ALERT}"
+        " -> PagerDuty sink, production intervals"
+    )
+    print()
+    manifest = runs.builtin_render.outdir / f"{LATENCY_ENVIRONMENT}.k8s.yaml"
+    source = "this run's render"
+    if not manifest.exists():
+        manifest = ROOT / "dist" / f"{LATENCY_ENVIRONMENT}.k8s.yaml"
+        source = "dist/"
+    try:
+        bound = latency_bound(manifest)
+    except (OSError, LookupError, KeyError, TypeError, ValueError) as error:
+        bound = None
+        print(f"  theoretical bound: not computed ({error})")
+        print()
+    measured, duration = measure_latency(bound, quick, manifest.parent)
+    if bound:
+        print_bound(bound, source)
+        theory = f"{bound['best']:.0f} .. {bound['worst']:.0f} (mid {bound['mid']:.0f})"
+    else:
+        theory = "-"
+    rows = [
+        ["measured (tests/e2e)", measured],
+        ["theoretical best .. worst", theory],
+        ["duration of the latency run", duration],
+    ]
+    print(table(["", "seconds"], rows))
+    print()
 
 
 def print_bound(bound: dict[str, Any], source: str) -> None:
     s = bound["seconds"]
     rows = [
-        ["wait for the next scrape of postgres-exporter",
-         f"0 .. {s['scrape']:.0f}", f"global.scrape_interval {bound['scrape_interval']}"],
-        ["the scrape itself (refused connection: ms)",
-         "~0", f"at most scrape_timeout {bound['scrape_timeout']}"],
-        ["wait for the next rule evaluation",
-         f"0 .. {s['evaluation']:.0f}", f"evaluation_interval {bound['evaluation_interval']}"],
-        [f"pending for `for` of {LATENCY_ALERT}",
-         f"{s['for']:.0f}", f"for: {bound['for']} ({bound['rule_file']})"],
+        [
+            "wait for the next scrape of postgres-exporter",
+            f"0 .. {s['scrape']:.0f}",
+            f"scrape_interval {bound['scrape_interval']}",
+        ],
+        [
+            "the scrape itself (refused connection: ms)",
+            "~0",
+            f"at most scrape_timeout {bound['scrape_timeout']}",
+        ],
+        [
+            "wait for the next rule evaluation",
+            f"0 .. {s['evaluation']:.0f}",
+            f"evaluation_interval {bound['evaluation_interval']}",
+        ],
+        [
+            f"pending for `for` of {LATENCY_ALERT}",
+            f"{s['for']:.0f}",
+            f"for: {bound['for']} ({bound['rule_file']})",
+        ],
         ["Prometheus -> Alertmanager", "~0", "sent in the evaluation that fires it"],
-        [f"group_wait of route to {bound['receiver']}",
-         f"{s['group_wait']:.0f}", f"{bound['route']} group_wait {bound['group_wait']}"],
-        ["cluster wait of alertmanager-0", "0",
-         f"+{bound['peer_timeout']} per lower peer down "
-         f"({bound['alertmanager_replicas']} replicas)"],
+        [
+            f"group_wait of route to {bound['receiver']}",
+            f"{s['group_wait']:.0f}",
+            f"{bound['route']} group_wait {bound['group_wait']}",
+        ],
+        [
+            "cluster wait of alertmanager-0",
+            "0",
+            f"+{bound['peer_timeout']} per lower peer down "
+            f"({bound['alertmanager_replicas']} replicas)",
+        ],
         ["HTTP POST to PagerDuty", "~0", "network round trip"],
-        ["total", f"{bound['best']:.0f} .. {bound['worst']:.0f}",
-         f"mid {bound['mid']:.0f}; {bound['worst_with_timeout']:.0f} if the scrape "
-         "times out"],
+        [
+            "total",
+            f"{bound['best']:.0f} .. {bound['worst']:.0f}",
+            f"mid {bound['mid']:.0f}; {bound['worst_with_timeout']:.0f} if the scrape "
+            "times out (then ServiceDown pages instead)",
+        ],
     ]
-    print(f"  theoretical bound, from the rendered {LATENCY_ENVIRONMENT} manifest ({source}):")
+    print(
+        f"  theoretical bound, from the rendered {LATENCY_ENVIRONMENT} manifest "
+        f"({source}):"
+    )
     print(table(["term", "seconds", "from"], rows, indent="    "))
     print()
 
@@ -785,9 +917,16 @@ def measure_latency(
         "group_wait": bound["group_wait"],
     }
     progress(f"latency run: {module}.{E2E_FUNCTION}(...) (takes minutes) ...")
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child-latency", json.dumps(params)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child-latency",
+        json.dumps(params),
+    ]
     try:
-        elapsed, stdout = timed_run(argv, child_env(), timeout=LATENCY_TIMEOUT)
+        elapsed, _, stdout = timed_run(
+            argv, child_env(), LATENCY_TIMEOUT, f"{module}.{E2E_FUNCTION}()"
+        )
     except RunFailed as error:
         return f"not measured: {error}", "-"
     except subprocess.TimeoutExpired:
@@ -795,18 +934,24 @@ def measure_latency(
     result = json.loads(stdout.strip().splitlines()[-1])["result"]
     value = latency_from(result)
     if value is None:
-        return f"not understood: {module}.{E2E_FUNCTION} returned {result!r}", fmt(elapsed)
+        return f"not understood: {module}.{E2E_FUNCTION} returned {result!r}", fmt(
+            elapsed
+        )
     return f"{value:.1f}", fmt(elapsed)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--repeat", type=int, default=None, metavar="N",
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
         help="runs of each measurement (default 5; 2 with --quick)",
     )
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="2 runs each, no warm-up, no main.py --check scaling, no latency run",
     )
     parser.add_argument("--child-render", nargs=2, help=argparse.SUPPRESS)

@@ -37,7 +37,7 @@ def test_rendered_config_passes_amtool(config_file: Path) -> None:
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
-    assert "3 receivers" in result.stdout
+    assert "4 receivers" in result.stdout
     assert "1 inhibit rules" in result.stdout
 
 
@@ -50,8 +50,17 @@ def test_rendered_config_passes_amtool(config_file: Path) -> None:
         (["severity=warning", "alertname=HighCPUUsage"], "slack-warnings"),
         (["severity=info"], "default"),
         (["alertname=Unlabelled"], "default"),
+        (["alertname=Watchdog", "severity=info"], "heartbeat"),
     ],
-    ids=["critical", "critical-named", "warning", "warning-named", "info", "none"],
+    ids=[
+        "critical",
+        "critical-named",
+        "warning",
+        "warning-named",
+        "info",
+        "none",
+        "watchdog",
+    ],
 )
 def test_severity_routes_to_its_receiver(
     config_file: Path, labels: list[str], receiver: str
@@ -190,3 +199,19 @@ def test_production_alertmanagers_gossip_with_every_peer(
         (p["name"], p["port"]) for p in headless["spec"]["ports"]
     ]
     assert headless["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_watchdog_reaches_the_dead_mans_switch_when_one_is_set() -> None:
+    from constructs_lib.alertmanager import AlertmanagerSettings, alertmanager_config
+
+    settings = AlertmanagerSettings(
+        receivers={"heartbeat_url": "https://deadman.example.invalid/ping/abc"}
+    )
+    receivers = {r["name"]: r for r in alertmanager_config(settings)["receivers"]}
+
+    assert receivers["heartbeat"]["webhook_configs"] == [
+        {"url": "https://deadman.example.invalid/ping/abc", "send_resolved": False}
+    ]
+    assert "webhook_configs" not in {
+        r["name"]: r for r in alertmanager_config(AlertmanagerSettings())["receivers"]
+    }["heartbeat"]

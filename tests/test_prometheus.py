@@ -261,6 +261,7 @@ def test_prometheus_rules_config_map_holds_every_rule_file(manifest: Manifest) -
         "infrastructure.yml",
         "database.yml",
         "security.yml",
+        "monitoring.yml",
     }
     for text in data.values():
         assert yaml.safe_load(text)["groups"]
