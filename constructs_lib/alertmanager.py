@@ -153,6 +153,7 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
         "Description: {{ .Annotations.description }}\n"
         "Environment: {{ .Labels.environment }}\n"
         "Severity: {{ .Labels.severity }}\n"
+        "Runbook: {{ .Annotations.runbook }}\n"
         "{{ end }}"
     )
     return {
@@ -245,7 +246,8 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
                         "text": details.replace("Alert:", "*Alert:*")
                         .replace("Description:", "*Description:*")
                         .replace("Environment:", "*Environment:*")
-                        .replace("Severity:", "*Severity:*"),
+                        .replace("Severity:", "*Severity:*")
+                        .replace("Runbook:", "*Runbook:*"),
                     }
                 ],
             },
