@@ -71,10 +71,11 @@ USERS_DIR = "/etc/elasticsearch-users"
 SETUP_SCRIPT = "setup.sh"
 LIBRARY = "lib.sh"
 
-BACKOFF_LIMIT = 4
-ACTIVE_DEADLINE_SECONDS = 900
-TTL_SECONDS_AFTER_FINISHED = 600
-WAIT_ATTEMPTS = 60
+SCHEDULE = "*/10 * * * *"
+STARTING_DEADLINE_SECONDS = 300
+BACKOFF_LIMIT = 2
+ACTIVE_DEADLINE_SECONDS = 540
+WAIT_ATTEMPTS = 45
 WAIT_SECONDS = 5
 
 # Built-in users whose password alone may be set; 'elastic' is the Job's own
@@ -427,20 +428,31 @@ class ElasticsearchSetup(Construct):
             metadata=metadata(NAME, labels, namespace),
             data=dict(self.files),
         )
-        self.job = k8s.KubeJob(
+        # A CronJob rather than a Job: a run that misses its window (the
+        # cluster still forming after a first apply) is simply retried on
+        # the next tick, a user deleted by hand is recreated, and a changed
+        # script applies cleanly, where a Job's pod template is immutable.
+        self.job = k8s.KubeCronJob(
             self,
             "job",
             metadata=metadata(NAME, labels, namespace),
-            spec=k8s.JobSpec(
-                # Each attempt waits up to five minutes for the cluster; the
-                # deadline, retries included, allows about three such waits.
-                backoff_limit=BACKOFF_LIMIT,
-                active_deadline_seconds=ACTIVE_DEADLINE_SECONDS,
-                # The finished Job is deleted so the next apply can create
-                # it again: its pod template cannot be changed in place.
-                ttl_seconds_after_finished=TTL_SECONDS_AFTER_FINISHED,
-                template=self._pod_template(
-                    labels, image, elastic_secret, elasticsearch, kibana
+            spec=k8s.CronJobSpec(
+                schedule=SCHEDULE,
+                concurrency_policy="Forbid",
+                starting_deadline_seconds=STARTING_DEADLINE_SECONDS,
+                successful_jobs_history_limit=1,
+                failed_jobs_history_limit=3,
+                job_template=k8s.JobTemplateSpec(
+                    metadata=k8s.ObjectMeta(labels=dict(labels)),
+                    spec=k8s.JobSpec(
+                        backoff_limit=BACKOFF_LIMIT,
+                        # Shorter than the schedule's period, so one run
+                        # ends before the next is due.
+                        active_deadline_seconds=ACTIVE_DEADLINE_SECONDS,
+                        template=self._pod_template(
+                            labels, image, elastic_secret, elasticsearch, kibana
+                        ),
+                    ),
                 ),
             ),
         )

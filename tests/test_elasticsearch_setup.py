@@ -36,8 +36,8 @@ from constructs_lib.elasticsearch_setup import (
     BACKOFF_LIMIT,
     CURL_GID,
     CURL_UID,
+    SCHEDULE,
     SETUP_DIR,
-    TTL_SECONDS_AFTER_FINISHED,
     USERS_DIR,
     ElasticsearchSetup,
     check_users,
@@ -109,7 +109,8 @@ def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
-    return get(objects, "Job", "elasticsearch-setup")["spec"]["template"]["spec"]
+    cron = get(objects, "CronJob", "elasticsearch-setup")["spec"]
+    return cron["jobTemplate"]["spec"]["template"]["spec"]
 
 
 def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,10 +149,14 @@ def test_every_reference_resolves_and_every_secret_is_declared() -> None:
     }
 
 
-def test_job_can_be_applied_again_after_it_finished(objects: list[dict]) -> None:
-    job = get(objects, "Job", "elasticsearch-setup")["spec"]
+def test_setup_runs_again_until_it_succeeds_and_after(objects: list[dict]) -> None:
+    cron = get(objects, "CronJob", "elasticsearch-setup")["spec"]
+    job = cron["jobTemplate"]["spec"]
 
-    assert job["ttlSecondsAfterFinished"] == TTL_SECONDS_AFTER_FINISHED
+    assert cron["schedule"] == SCHEDULE
+    assert cron["concurrencyPolicy"] == "Forbid"
+    # One run ends before the next is due.
+    assert ACTIVE_DEADLINE_SECONDS < 600
     assert job["backoffLimit"] == BACKOFF_LIMIT
     assert job["activeDeadlineSeconds"] == ACTIVE_DEADLINE_SECONDS
     assert job["template"]["spec"]["restartPolicy"] == "Never"

@@ -181,7 +181,8 @@ def break_elasticsearch_host(docs: Docs) -> None:
 
 
 def break_kibana_port(docs: Docs) -> None:
-    container = pod(docs, "Job", "elasticsearch-setup")["containers"][0]
+    cron = find(docs, "CronJob", "elasticsearch-setup")["spec"]
+    container = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     for env in container["env"]:
         if env.get("value") == "http://kibana:5601":
             env["value"] = "http://kibana:5602"
