@@ -130,6 +130,13 @@ class AlertmanagerSettings(StrictModel):
         ),
         description="Alertmanager container resources.",
     )
+    external_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="The URL people open this UI at (an ingress or a "
+        "gateway). Links in notifications point there. Defaults to none: "
+        "links then name the pod, which only works with a port-forward.",
+    )
     receivers: ReceiverSettings = Field(
         default_factory=ReceiverSettings, description="Notification targets."
     )
@@ -377,7 +384,12 @@ class Alertmanager(Construct):
             f"--config.file={CONFIG_DIR}/alertmanager.yml",
             f"--storage.path={DATA_DIR}",
             f"--web.listen-address=:{PORT}",
+            # Routes stay at / whatever path the external URL has, so the
+            # probes and the reloader need no prefix.
+            "--web.route-prefix=/",
         ]
+        if settings.external_url:
+            args.append(f"--web.external-url={settings.external_url}")
         ports = [container_port("web", PORT)]
         env = None
         if settings.replicas > 1:

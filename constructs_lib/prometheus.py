@@ -138,6 +138,13 @@ class PrometheusSettings(StrictModel):
         ),
         description="Prometheus container resources. Defaults to the design's.",
     )
+    external_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="The URL people open this UI at (an ingress or a "
+        "gateway). Links in notifications point there. Defaults to none: "
+        "links then name the pod, which only works with a port-forward.",
+    )
     app_namespaces: list[DnsLabel] = Field(
         min_length=1,
         description="Required: the namespaces whose backend pods are scraped "
@@ -674,7 +681,15 @@ class Prometheus(Construct):
                 f"--web.listen-address=:{PORT}",
                 "--web.enable-lifecycle",
                 "--enable-feature=expand-external-labels",
-            ],
+                # Routes stay at / whatever path the external URL has, so the
+                # probes and the reloader need no prefix.
+                "--web.route-prefix=/",
+            ]
+            + (
+                [f"--web.external-url={settings.external_url}"]
+                if settings.external_url
+                else []
+            ),
             env=[
                 k8s.EnvVar(
                     name="POD_NAME",

@@ -327,3 +327,32 @@ def test_production_runs_two_prometheus_and_three_alertmanagers(
     for name in ("prometheus", "alertmanager", "elasticsearch"):
         budget = production.get("PodDisruptionBudget", name)
         assert budget["spec"]["maxUnavailable"] == 1
+
+
+def test_an_external_url_makes_notification_links_openable() -> None:
+    from cdk8s import Testing
+
+    from constructs_lib.prometheus import Prometheus, PrometheusSettings
+    from constructs_lib.reloader import ReloaderSettings
+
+    chart = Testing.chart()
+    Prometheus(
+        chart,
+        "prometheus",
+        settings=PrometheusSettings(
+            app_namespaces=["team-a-app"],
+            external_url="https://prometheus.example.invalid/prom",
+        ),
+        namespace="team-a",
+        external_labels={"cluster": "c"},
+        scrape_configs=[],
+        alertmanagers=[],
+        rule_files={},
+        reloader=ReloaderSettings(),
+    )
+    [statefulset] = [d for d in Testing.synth(chart) if d["kind"] == "StatefulSet"]
+    args = statefulset["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--web.external-url=https://prometheus.example.invalid/prom" in args
+    # The probes stay at / even though the external URL has a path.
+    assert "--web.route-prefix=/" in args
