@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SYNTH_DEBS := prometheus
 TEST_DEBS := prometheus prometheus-alertmanager prometheus-node-exporter \
 	prometheus-postgres-exporter prometheus-redis-exporter postgresql \
-	redis-server iproute2 util-linux curl openssl
+	redis-server iproute2 util-linux curl openssl dash mawk
 
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION ?= 18,20
 

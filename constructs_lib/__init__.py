@@ -11,6 +11,7 @@ and rejects unknown keys.
 
 from constructs_lib import _bridge  # noqa: F401  (must run before cdk8s loads)
 from constructs_lib.alertmanager import Alertmanager, AlertmanagerSettings
+from constructs_lib.auto_recovery import AutoRecovery, AutoRecoverySettings
 from constructs_lib.common import Endpoint, Resources
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.grafana import Grafana, GrafanaSettings
@@ -25,6 +26,8 @@ from constructs_lib.stack import MonitoringStack, StackSettings
 __all__ = [
     "Alertmanager",
     "AlertmanagerSettings",
+    "AutoRecovery",
+    "AutoRecoverySettings",
     "ConfigurationError",
     "Endpoint",
     "Grafana",

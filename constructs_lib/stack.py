@@ -21,6 +21,7 @@ from constructs_lib import elastic
 from constructs_lib import prometheus as prom
 from constructs_lib.alertmanager import Alertmanager, AlertmanagerSettings
 from constructs_lib.apm_server import APM_SETUP_STEP, ApmServer, ApmServerSettings
+from constructs_lib.auto_recovery import AutoRecovery, AutoRecoverySettings
 from constructs_lib.common import (
     DnsLabel,
     Endpoint,
@@ -102,6 +103,9 @@ class StackSettings(StrictModel):
     network_policies: NetworkPolicySettings = Field(
         default_factory=NetworkPolicySettings
     )
+    auto_recovery: AutoRecoverySettings = Field(
+        description="Required, for its namespaces and dry_run."
+    )
 
     @model_validator(mode="after")
     def _namespace_is_its_own(self) -> StackSettings:
@@ -112,6 +116,13 @@ class StackSettings(StrictModel):
             raise ValueError(
                 f"namespace {self.namespace!r} is reserved; the stack needs a "
                 "namespace of its own, such as 'monitoring'"
+            )
+        # The job must not scale the stack's own Deployments: Grafana's
+        # ReadWriteOnce volume cannot follow a second replica.
+        if self.namespace in self.auto_recovery.namespaces:
+            raise ValueError(
+                f"namespace {self.namespace!r} is the stack's own; "
+                "auto_recovery.namespaces names the application's namespaces"
             )
         if self.namespace in self.prometheus.app_namespaces:
             raise ValueError(
@@ -192,6 +203,9 @@ class MonitoringStack(Construct):
             settings=settings.alertmanager,
             namespace=namespace,
             reloader=settings.reloader,
+        )
+        self.auto_recovery = AutoRecovery(
+            self, "auto-recovery", settings=settings.auto_recovery, namespace=namespace
         )
         self._logs_and_traces(settings)
         self.grafana = Grafana(
