@@ -39,6 +39,7 @@ from constructs_lib.elasticsearch import (
 )
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.integrity import check_references
+from tests.objects import get
 from tests.test_elasticsearch_setup import (
     make_certs,
     programs,  # noqa: F401  (the live test's program check)
@@ -68,16 +69,6 @@ def cluster() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def single() -> list[dict[str, Any]]:
     return synth(replicas=1)[1]
-
-
-def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [
-        obj
-        for obj in objects
-        if obj["kind"] == kind and obj["metadata"]["name"] == name
-    ]
-    assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
-    return found[0]
 
 
 def statefulset(objects: list[dict[str, Any]]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from constructs_lib.errors import ConfigurationError
 from constructs_lib.integrity import check_references
 from constructs_lib.kibana import KIBANA, KIBANA_USER
 from tests.conftest import elasticsearch_and_kibana
+from tests.objects import get
 
 NAMESPACE = "monitoring"
 WRITER_ROLE = {
@@ -97,15 +98,6 @@ def synth(**kwargs: Any) -> tuple[cdk8s.Chart, list[dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
     return synth()[1]
-
-
-def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    (found,) = [
-        obj
-        for obj in objects
-        if obj["kind"] == kind and obj["metadata"]["name"] == name
-    ]
-    return found
 
 
 def pod(objects: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from constructs_lib.grafana import (
     Grafana,
     GrafanaSettings,
 )
+from tests.objects import get
 
 NAMESPACE = "monitoring"
 PROMETHEUS = Endpoint("prometheus", 9090)
@@ -53,16 +54,6 @@ def synth(**kwargs: Any) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
     return synth()
-
-
-def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [
-        obj
-        for obj in objects
-        if obj["kind"] == kind and obj["metadata"]["name"] == name
-    ]
-    assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
-    return found[0]
 
 
 def pod(objects: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from constructs_lib.jaeger import (
     check_jaeger_args,
     grafana_datasource,
 )
+from tests.objects import get
 
 NAMESPACE = "monitoring"
 WORKLOADS = ("Deployment", "CronJob")
@@ -71,16 +72,6 @@ def all_in_one() -> list[dict]:
 @pytest.fixture(scope="module")
 def badger() -> list[dict]:
     return synth(mode="all-in-one", all_in_one_storage="badger")
-
-
-def get(objects: list[dict], kind: str, name: str) -> dict[str, Any]:
-    found = [
-        obj
-        for obj in objects
-        if obj["kind"] == kind and obj["metadata"]["name"] == name
-    ]
-    assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
-    return found[0]
 
 
 def pod_of(obj: dict) -> dict[str, Any]:

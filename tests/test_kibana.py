@@ -46,6 +46,7 @@ from constructs_lib.kibana import (
     kibana_config,
 )
 from tests.conftest import elasticsearch_and_kibana
+from tests.objects import get
 
 NAMESPACE = "monitoring"
 KEYS = {
@@ -72,15 +73,6 @@ def synth(
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
     return synth()[1]
-
-
-def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    (found,) = [
-        obj
-        for obj in objects
-        if obj["kind"] == kind and obj["metadata"]["name"] == name
-    ]
-    return found
 
 
 def pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
