@@ -212,6 +212,10 @@ def test_watchdog_reaches_the_dead_mans_switch_when_one_is_set() -> None:
     assert receivers["heartbeat"]["webhook_configs"] == [
         {"url": "https://deadman.example.invalid/ping/abc", "send_resolved": False}
     ]
-    assert "webhook_configs" not in {
-        r["name"]: r for r in alertmanager_config(AlertmanagerSettings())["receivers"]
-    }["heartbeat"]
+    assert (
+        "webhook_configs"
+        not in {
+            r["name"]: r
+            for r in alertmanager_config(AlertmanagerSettings())["receivers"]
+        }["heartbeat"]
+    )

@@ -78,8 +78,8 @@ def test_kebab_case_matches_the_existing_runbook_names() -> None:
     )
 
 
-def test_the_rule_files_hold_the_27_alerts() -> None:
-    assert len(ALERTS) == 27
+def test_the_rule_files_hold_the_29_alerts() -> None:
+    assert len(ALERTS) == 29
     assert {rule["file"] for rule in ALERTS.values()} == {
         "application.yml",
         "database.yml",
