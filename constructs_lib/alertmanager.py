@@ -192,6 +192,16 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
                 {
                     "matchers": ['severity="critical"'],
                     "receiver": "pagerduty-critical",
+                    # Pages are grouped down to the instance: a second
+                    # target going down must not wait out the group
+                    # interval of the first one's page.
+                    "group_by": [
+                        "alertname",
+                        "cluster",
+                        "namespace",
+                        "service",
+                        "instance",
+                    ],
                     "group_wait": "0s",
                     "group_interval": "5m",
                     "repeat_interval": "1h",
@@ -445,7 +455,9 @@ class Alertmanager(Construct):
                 service_account_name=NAME,
                 automount_service_account_token=False,
                 security_context=pod_security(NOBODY, fs_group=NOBODY),
-                topology_spread_constraints=spread_across_nodes(selector),
+                topology_spread_constraints=spread_across_nodes(
+                    selector, required=True
+                ),
                 containers=[alertmanager, sidecar],
                 volumes=[
                     config_map_volume("config", f"{NAME}-config"),

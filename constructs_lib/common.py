@@ -467,14 +467,18 @@ def disruption_budget(
 
 
 def spread_across_nodes(
-    selector: Mapping[str, str],
+    selector: Mapping[str, str], *, required: bool = False
 ) -> list[k8s.TopologySpreadConstraint]:
-    """Prefer one pod of a replicated set per node."""
+    """One pod of a replicated set per node: preferred, or ``required``.
+
+    Required spreading leaves a replica Pending rather than doubling up, for
+    sets whose point is to survive the loss of a node (the alerting path).
+    """
     return [
         k8s.TopologySpreadConstraint(
             max_skew=1,
             topology_key="kubernetes.io/hostname",
-            when_unsatisfiable="ScheduleAnyway",
+            when_unsatisfiable="DoNotSchedule" if required else "ScheduleAnyway",
             label_selector=k8s.LabelSelector(match_labels=dict(selector)),
         )
     ]

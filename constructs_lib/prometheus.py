@@ -729,7 +729,9 @@ class Prometheus(Construct):
                 automount_service_account_token=True,
                 security_context=pod_security(NOBODY, fs_group=NOBODY),
                 termination_grace_period_seconds=120,
-                topology_spread_constraints=spread_across_nodes(selector),
+                topology_spread_constraints=spread_across_nodes(
+                    selector, required=True
+                ),
                 containers=[prometheus, sidecar],
                 volumes=[
                     config_map_volume("config", f"{NAME}-config"),
