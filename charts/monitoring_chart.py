@@ -36,5 +36,8 @@ class MonitoringChart(Chart):
             "network-policies",
             settings=settings.network_policies,
             namespace=settings.namespace,
-            flows=derive_flows(self.to_json()),
+            flows=derive_flows(
+                self.to_json(),
+                default_app_namespaces=settings.prometheus.app_namespaces,
+            ),
         )

@@ -35,6 +35,7 @@ What NetworkPolicy does not cover, and why no rule is written for it:
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from typing import Any, Literal
 
 import yaml
 from constructs import Construct
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from constructs_lib import alertmanager, apm_server, grafana, jaeger, kibana
 from constructs_lib import prometheus as prom
@@ -60,7 +61,6 @@ from constructs_lib.integrity import (
     URL,
     ChartIndex,
     is_local,
-    prometheus_targets,
     url_address,
 )
 from imports import k8s
@@ -102,7 +102,9 @@ _LOOPBACK_PIN = re.compile(
 )
 # host:port in an arg or env value (--cluster.peer=am-0.am-headless:9094); a
 # URL's host follows '/', and listen addresses such as ':9093' have no host.
-_HOST_PORT = re.compile(r"(?<![A-Za-z0-9./@-])([a-z0-9][a-z0-9.-]*):([0-9]{1,5})\b")
+_HOST_PORT = re.compile(
+    r"(?<![A-Za-z0-9./@-])([A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})\b"
+)
 # The address Prometheus' pod discovery gives a target, before relabelling.
 _POD_IP = "192.0.2.1"
 
@@ -127,6 +129,11 @@ class NetworkPolicySettings(StrictModel):
         "app_namespaces, read from the rendered Prometheus config); [] "
         "admits none.",
     )
+
+    @field_validator("ui_namespaces", "app_namespaces")
+    @classmethod
+    def _dedupe(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
 
 
 # --- flows -------------------------------------------------------------------
@@ -174,14 +181,23 @@ class Flow:
         return (self.source.name, self.destination.name, self.port, self.protocol)
 
 
-def derive_flows(documents: Sequence[Doc]) -> list[Flow]:
+def derive_flows(
+    documents: Sequence[Doc], *, default_app_namespaces: Sequence[str] | None = None
+) -> list[Flow]:
     """Every connection into the chart's namespace that its configs make.
 
     ``documents`` are the rendered objects of one chart (``chart.to_json()``
     before synth). The flows come back merged (one per source, destination,
     port and protocol, the reasons joined) and sorted.
+
+    ``default_app_namespaces`` are the application's namespaces, used for
+    ``app_namespaces`` while that setting is left unset (the stack passes
+    ``prometheus.app_namespaces``). Without it they are read from the
+    Prometheus job ``sunday-backend``, the one that scrapes the
+    application's pods; namespaces other jobs discover (kube-system, say)
+    never count.
     """
-    return _Traffic(documents).flows()
+    return _Traffic(documents, default_app_namespaces).flows()
 
 
 def scrape_namespaces(documents: Sequence[Doc]) -> list[str]:
@@ -196,7 +212,10 @@ def scrape_namespaces(documents: Sequence[Doc]) -> list[str]:
 
 
 class _Traffic:
-    def __init__(self, documents: Sequence[Doc]) -> None:
+    def __init__(
+        self, documents: Sequence[Doc], app_namespaces: Sequence[str] | None = None
+    ) -> None:
+        self.app_namespaces = app_namespaces
         self.chart = ChartIndex(documents, ())
         namespaces = {
             owner["metadata"].get("namespace", "")
@@ -254,10 +273,12 @@ class _Traffic:
     def _config_flows(
         self, source: Workload, where: str, key: str, text: str
     ) -> Iterator[Flow]:
-        for address in prometheus_targets(key, text):
-            yield from self._to(source, address, f"{where}: target {address}")
         if key == "prometheus.yml":
-            yield from self._discovered(source, where, yaml.safe_load(text) or {})
+            config = yaml.safe_load(text) or {}
+            yield from self._prometheus(source, where, config)
+            # Targets are read per job above; their text may be a URL a
+            # relabel rule hands to an exporter, which is no connection.
+            text = yaml.safe_dump(_without_targets(config))
         if key == "elasticsearch.yml":
             yield from self._seed_hosts(source, where, yaml.safe_load(text) or {})
         yield from self._text_flows(source, where, text, host_port=False)
@@ -266,14 +287,17 @@ class _Traffic:
         self, source: Workload, where: str, text: str, *, host_port: bool
     ) -> Iterator[Flow]:
         """URLs, and in args and env also bare ``host:port`` addresses."""
-        pinned = {(host, int(port)) for host, port in _LOOPBACK_PIN.findall(text)}
+        pinned = {
+            (_normal_host(host), int(port))
+            for host, port in _LOOPBACK_PIN.findall(text)
+        }
         addresses = {url_address(url) for url in URL.findall(text)}
         if host_port:
             addresses |= {f"{h}:{p}" for h, p in _HOST_PORT.findall(text)}
         for address in sorted(addresses):
             host, _, port = address.rpartition(":")
             # The request is answered inside the pod, whatever the URL says.
-            if (host, int(port)) in pinned:
+            if (_normal_host(host), int(port)) in pinned:
                 continue
             yield from self._to(source, address, f"{where}: {address}")
 
@@ -289,37 +313,152 @@ class _Traffic:
             address = host if ":" in host else f"{host}:{default}"
             yield from self._to(source, address, f"{where}: seed host {address}")
 
-    def _discovered(self, source: Workload, where: str, config: Doc) -> Iterator[Flow]:
-        """Pods of this namespace that Prometheus' pod discovery scrapes."""
-        for job in config.get("scrape_configs", []):
-            for sd in job.get("kubernetes_sd_configs", []):
-                if sd["role"] == "node" or not self._covers(sd):
-                    continue  # node addresses, or other namespaces: egress
-                if sd["role"] != "pod":
-                    raise ConfigurationError(
-                        f"network policies, {where}",
-                        f"job {job['job_name']!r} discovers {sd['role']!r} "
-                        f"targets in {self.namespace!r}, which derive_flows "
-                        "cannot resolve to pods; scrape them by role 'pod' "
-                        "or a static target",
+    def _prometheus(self, source: Workload, where: str, config: Doc) -> Iterator[Flow]:
+        """Prometheus' scrapes and its Alertmanagers, job by job."""
+        for job in config.get("scrape_configs") or []:
+            yield from self._job(source, where, str(job.get("job_name")), job)
+        alerting = config.get("alerting") or {}
+        for index, am in enumerate(alerting.get("alertmanagers") or []):
+            name = f"alerting.alertmanagers[{index}]"
+            yield from self._job(source, where, name, am)
+
+    def _job(self, source: Workload, where: str, name: str, job: Doc) -> Iterator[Flow]:
+        """The pods of this namespace one job connects to.
+
+        Static targets and pod discovery are followed through the job's
+        relabelling. Discovery or relabelling that cannot be followed stops
+        the synth, unless every target it can yield is outside the namespace:
+        the default deny would otherwise block the scrapes silently.
+        """
+        reason = f"{where}: job {name}"
+        relabel = job.get("relabel_configs") or []
+        scheme = str(job.get("scheme", "http"))
+        base = {
+            "job": name,
+            "__scheme__": scheme,
+            "__metrics_path__": str(job.get("metrics_path", "/metrics")),
+        }
+        for param, values in (job.get("params") or {}).items():
+            if values:
+                base[f"__param_{param}"] = str(values[0])
+        mechanisms = sorted(
+            key
+            for key in job
+            if key.endswith("_sd_configs") and key != "kubernetes_sd_configs"
+        )
+        for mechanism in mechanisms:
+            if not job[mechanism]:
+                continue
+            if not self._sd_outside(mechanism, job[mechanism]):
+                raise ConfigurationError(
+                    f"network policies, {where}",
+                    f"job {name!r} discovers targets with {mechanism}, which "
+                    "derive_flows cannot resolve to pods, and some may be in "
+                    f"{self.namespace!r}: the default deny ingress policy would "
+                    "block their scrapes; scrape them by kubernetes_sd_configs "
+                    "role 'pod' or by static targets",
+                )
+            yield from self._literal_addresses(source, relabel, scheme, reason)
+        may_readdress = _may_write_address(relabel)
+        for static in job.get("static_configs") or []:
+            extra = {str(k): str(v) for k, v in (static.get("labels") or {}).items()}
+            for target in static.get("targets") or []:
+                target = str(target)
+                host, _ = _split_address(target)
+                if not may_readdress and not self._is_local(_normal_host(host)):
+                    continue  # outside the namespace, and stays there
+                labels = {**base, **extra, "__address__": target}
+                kept = _relabel(labels, relabel, name)
+                if kept is None:
+                    continue
+                address = kept.get("__address__", "")
+                why = f"{reason} target {target}"
+                if address != target:
+                    why += f" scraped at {address}"
+                port = _default_port(kept.get("__scheme__", scheme))
+                yield from self._to(source, address, why, port)
+        for sd in job.get("kubernetes_sd_configs") or []:
+            role = sd.get("role")
+            if role == "node" or not self._covers(sd):
+                # Node addresses, or other namespaces: egress.
+                yield from self._literal_addresses(source, relabel, scheme, reason)
+                continue
+            if role != "pod":
+                raise ConfigurationError(
+                    f"network policies, {where}",
+                    f"job {name!r} discovers {role!r} "
+                    f"targets in {self.namespace!r}, which derive_flows "
+                    "cannot resolve to pods; scrape them by role 'pod' "
+                    "or a static target",
+                )
+            why = f"{reason} discovers pods"
+            for owner, template in self.templates:
+                for address, target_scheme in _pod_targets(
+                    self.namespace, template, relabel, base, name
+                ):
+                    yield from self._scrape(
+                        source, owner, template, address, target_scheme, why
                     )
-                reason = f"{where}: job {job['job_name']} discovers pods"
-                for owner, template in self.templates:
-                    for address in _pod_targets(
-                        self.namespace, template, job.get("relabel_configs", [])
-                    ):
-                        yield from self._scrape(
-                            source, owner, template, address, reason
-                        )
+
+    def _sd_outside(self, mechanism: str, configs: list[Doc]) -> bool:
+        """Whether a discovery mechanism only yields targets outside."""
+        kind = mechanism.removesuffix("_sd_configs")
+        if kind in _VM_DISCOVERY:
+            return True  # machines of a cloud, never pods
+        if kind != "dns":
+            return False  # files, HTTP, registries: could name anything
+        for config in configs:
+            for name in config.get("names") or []:
+                # _service._proto.host for SRV records.
+                labels = [label for label in str(name).split(".") if label]
+                while labels and labels[0].startswith("_"):
+                    labels.pop(0)
+                if self._is_local(_normal_host(".".join(labels))):
+                    return False
+        return True
+
+    def _literal_addresses(
+        self, source: Workload, relabel: list[Doc], scheme: str, reason: str
+    ) -> Iterator[Flow]:
+        """Fixed addresses relabelling sends a job's outside targets to."""
+        for config in relabel:
+            action = str(config.get("action", "replace")).lower()
+            replacement = str(config.get("replacement", "$1"))
+            if (
+                action == "replace"
+                and config.get("target_label") == "__address__"
+                and "$" not in replacement
+            ):
+                yield from self._to(
+                    source,
+                    replacement,
+                    f"{reason}: relabelled to {replacement}",
+                    _default_port(scheme),
+                )
 
     def _scrape(
-        self, source: Workload, owner: Doc, template: Doc, address: str, reason: str
+        self,
+        source: Workload,
+        owner: Doc,
+        template: Doc,
+        address: str,
+        scheme: str,
+        reason: str,
     ) -> Iterator[Flow]:
-        host, _, port = address.rpartition(":")
+        host, port = _split_address(address, _default_port(scheme))
         if host != _POD_IP:
             # Relabelling sent the scrape elsewhere (an exporter, a proxy).
-            yield from self._to(source, address, f"{reason}: {address}")
+            yield from self._to(
+                source, address, f"{reason}: {address}", _default_port(scheme)
+            )
             return
+        if not _valid_port(port):
+            raise ConfigurationError(
+                f"network policies, {reason}",
+                f"the scrape of {_name(owner)} goes to {address!r}, whose port "
+                "derive_flows cannot tell",
+            )
+        assert port is not None
         destination = self._workload(owner, template)
         for protocol in _protocols(template, int(port)):
             yield Flow(source, destination, int(port), protocol, reason)
@@ -340,16 +479,34 @@ class _Traffic:
             if text is None:
                 continue
             for job in (yaml.safe_load(text) or {}).get("scrape_configs", []):
-                for sd in job.get("kubernetes_sd_configs", []):
+                for sd in job.get("kubernetes_sd_configs") or []:
                     if sd["role"] != "node":
                         names = (sd.get("namespaces") or {}).get("names") or []
                         found.update(names)
         return sorted(found - {self.namespace})
 
+    def _app_namespaces(self) -> tuple[str, ...]:
+        """The application's namespaces: the stack's setting, else its job."""
+        if self.app_namespaces is not None:
+            return tuple(sorted(set(self.app_namespaces)))
+        found: set[str] = set()
+        for config_map in self.chart.of_kind("ConfigMap"):
+            text = (config_map.get("data") or {}).get("prometheus.yml")
+            if text is None:
+                continue
+            for job in (yaml.safe_load(text) or {}).get("scrape_configs") or []:
+                if job.get("job_name") != APP_JOB:
+                    continue
+                for sd in job.get("kubernetes_sd_configs") or []:
+                    if sd.get("role") == "pod":
+                        names = (sd.get("namespaces") or {}).get("names") or []
+                        found.update(names)
+        return tuple(sorted(found))
+
     def _audience_flows(self) -> Iterator[Flow]:
         audiences = (
             (Audience("ui_namespaces"), UI_PORTS),
-            (Audience("app_namespaces", tuple(self.scrape_namespaces())), INGEST_PORTS),
+            (Audience("app_namespaces", self._app_namespaces()), INGEST_PORTS),
         )
         for audience, ports in audiences:
             for service, port in ports:
@@ -360,18 +517,45 @@ class _Traffic:
 
     # --- resolving addresses -----------------------------------------------
 
+    def _is_local(self, host: str) -> bool:
+        """Whether a (normalised) host name resolves inside this namespace."""
+        labels = host.split(".")
+        if POD_DNS.match(".".join(labels[:2])) and is_local(labels[2:], self.namespace):
+            return True
+        return is_local(labels[1:], self.namespace)
+
     def _to(
-        self, source: Workload | Audience, address: str, reason: str
+        self,
+        source: Workload | Audience,
+        address: str,
+        reason: str,
+        default_port: int | None = None,
     ) -> Iterator[Flow]:
         """Flows to whatever ``address`` reaches in this namespace, if anything.
 
         ``name:port`` of a Service reaches the target port of the pods it
         selects. A headless Service, and ``pod-N.governing`` of a
         StatefulSet, resolve to pod addresses: the port is the pod's own.
+        Host names are matched the way DNS does: in any case, with or without
+        the root's trailing dot. ``default_port`` is used where the address
+        names none (a Prometheus target, by its scheme).
         """
-        host, _, port_text = address.rpartition(":")
-        if host in SELF:
+        raw_host, port_text = _split_address(address)
+        host = _normal_host(raw_host)
+        if host in SELF or host in ("::1", "[::1]"):
             return  # inside the pod
+        if port_text is None:
+            port_text = None if default_port is None else str(default_port)
+        if not _valid_port(port_text):
+            if self._is_local(host):
+                raise ConfigurationError(
+                    f"network policies, {reason}",
+                    f"cannot tell which port {address!r} reaches in "
+                    f"{self.namespace!r}; give it as host:port with a port "
+                    "number",
+                )
+            return  # outside the namespace: egress, not ours to admit
+        assert port_text is not None
         labels = host.split(".")
         port = int(port_text)
         pod = POD_DNS.match(".".join(labels[:2]))
@@ -500,16 +684,145 @@ def _config_maps_used(spec: Doc) -> set[str]:
 
 # --- Prometheus' pod discovery ------------------------------------------------
 
+APP_JOB = "sunday-backend"
+"""The Prometheus job that scrapes the application's pods."""
 
-def _pod_targets(namespace: str, template: Doc, relabel: list[Doc]) -> list[str]:
-    """The addresses Prometheus keeps for one pod after relabelling.
+# Cloud discovery yields machines, never pods of the namespace.
+_VM_DISCOVERY = frozenset(
+    {
+        "azure",
+        "digitalocean",
+        "ec2",
+        "gce",
+        "hetzner",
+        "ionos",
+        "lightsail",
+        "linode",
+        "openstack",
+        "ovhcloud",
+        "scaleway",
+        "vultr",
+    }
+)
+_RELABEL_ACTIONS = frozenset(
+    {
+        "replace",
+        "keep",
+        "drop",
+        "keepequal",
+        "dropequal",
+        "lowercase",
+        "uppercase",
+        "labelmap",
+        "labeldrop",
+        "labelkeep",
+    }
+)
+"""The relabel actions derive_flows follows; hashmod shards by values it
+cannot know (the pod's IP and name), and others are unknown to it."""
+# Pod facts a template cannot tell; __address__ carries a made-up IP.
+_UNKNOWN_POD_LABELS = frozenset(
+    {
+        "__address__",
+        "__meta_kubernetes_pod_name",
+        "__meta_kubernetes_pod_ip",
+        "__meta_kubernetes_pod_uid",
+        "__meta_kubernetes_pod_node_name",
+        "__meta_kubernetes_pod_host_ip",
+        "__meta_kubernetes_pod_controller_kind",
+        "__meta_kubernetes_pod_controller_name",
+        "__meta_kubernetes_pod_container_id",
+        "__meta_kubernetes_pod_container_image",
+    }
+)
+
+
+def _normal_host(host: str) -> str:
+    """A host name as DNS compares it: any case, the root's dot optional."""
+    host = host.strip().lower()
+    return host[:-1] if host.endswith(".") else host
+
+
+def _default_port(scheme: str) -> int:
+    """The port Prometheus uses for a target that names none."""
+    return 443 if scheme.lower() == "https" else 80
+
+
+def _valid_port(text: str | None) -> bool:
+    return (
+        text is not None
+        and re.fullmatch(r"[0-9]{1,5}", text) is not None
+        and 0 < int(text) < 65536
+    )
+
+
+def _split_address(
+    address: str, default_port: int | None = None
+) -> tuple[str, str | None]:
+    """(host, port text) of ``host[:port]``, ``[v6]:port`` or a URL.
+
+    The port is None where the address has none and no default applies; it
+    is returned unchecked otherwise.
+    """
+    text = address.strip()
+    default = None if default_port is None else str(default_port)
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        text = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+        default = str(_default_port(scheme))
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif ":" in text:
+        host, _, port = text.rpartition(":")
+    else:
+        host, port = text, None
+    return host, default if port is None else port
+
+
+def _may_write_address(configs: list[Doc]) -> bool:
+    """Whether relabelling may give a target another address."""
+    for config in configs:
+        action = str(config.get("action", "replace")).lower()
+        if action == "labelmap" or config.get("target_label") == "__address__":
+            return True
+        if action not in _RELABEL_ACTIONS:
+            return True
+    return False
+
+
+def _without_targets(config: Doc) -> Doc:
+    """A Prometheus config without what a job sends, rather than connects to.
+
+    Static targets, probe parameters and relabel rules may name addresses
+    an exporter connects to; ``_job`` follows them to where Prometheus does.
+    """
+    config = copy.deepcopy(config)
+    alerting = config.get("alerting") or {}
+    jobs = [
+        *(config.get("scrape_configs") or []),
+        *(alerting.get("alertmanagers") or []),
+    ]
+    for job in jobs:
+        if isinstance(job, dict):
+            for key in ("static_configs", "params", "relabel_configs"):
+                job.pop(key, None)
+    return config
+
+
+def _pod_targets(
+    namespace: str, template: Doc, relabel: list[Doc], job: Doc, name: str
+) -> list[tuple[str, str]]:
+    """The addresses (and schemes) Prometheus keeps for one pod.
 
     Discovery makes one target per declared container port (and one without
     a port per container that declares none); the relabel rules then keep,
     drop or rewrite them. Facts a template cannot tell (pod name, IP, node)
     are empty, except that the pod is taken to be Running and ready.
+    ``job`` holds the job's own labels (job, __scheme__, __param_*).
     """
     base = {
+        **job,
         "__meta_kubernetes_namespace": namespace,
         "__meta_kubernetes_pod_phase": "Running",
         "__meta_kubernetes_pod_ready": "true",
@@ -519,9 +832,9 @@ def _pod_targets(namespace: str, template: Doc, relabel: list[Doc]) -> list[str]
         ("annotation", template.get("metadata", {}).get("annotations", {})),
     ):
         for key, value in values.items():
-            name = re.sub(r"[^a-zA-Z0-9_]", "_", key)
-            base[f"__meta_kubernetes_pod_{kind}_{name}"] = value
-            base[f"__meta_kubernetes_pod_{kind}present_{name}"] = "true"
+            label = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+            base[f"__meta_kubernetes_pod_{kind}_{label}"] = value
+            base[f"__meta_kubernetes_pod_{kind}present_{label}"] = "true"
     targets = []
     for container in template["spec"]["containers"]:
         ports = container.get("ports") or [None]
@@ -539,46 +852,113 @@ def _pod_targets(namespace: str, template: Doc, relabel: list[Doc]) -> list[str]
                 labels["__meta_kubernetes_pod_container_port_protocol"] = port.get(
                     "protocol", "TCP"
                 )
-            kept = _relabel(labels, relabel)
+            kept = _relabel(labels, relabel, name, unknown=_UNKNOWN_POD_LABELS)
             if kept is not None:
-                address = kept.get("__address__", "")
-                # Prometheus' default port for a portless HTTP target.
-                targets.append(address if ":" in address else f"{address}:80")
+                scheme = kept.get("__scheme__", "http")
+                targets.append((kept.get("__address__", ""), scheme))
     return targets
 
 
-def _relabel(labels: dict[str, str], configs: list[Doc]) -> dict[str, str] | None:
-    """Prometheus' relabelling, for the actions that decide targets.
+def _relabel(
+    labels: dict[str, str],
+    configs: list[Doc],
+    job: str,
+    *,
+    unknown: frozenset[str] = frozenset(),
+) -> dict[str, str] | None:
+    """Prometheus' relabelling of one target; None where it is dropped.
 
-    keep and drop remove targets; replace may rewrite ``__address__``. The
-    other actions only shape labels and are skipped.
+    ``unknown`` names labels whose value here is made up or missing: an
+    equality test on them cannot be decided, and stops the synth rather
+    than guess (keepequal would otherwise keep every target).
     """
+    where = f"network policies, Prometheus job {job!r}"
     labels = dict(labels)
     for config in configs:
-        action = config.get("action", "replace").lower()
-        value = config.get("separator", ";").join(
-            labels.get(name, "") for name in config.get("source_labels", [])
-        )
-        regex = re.compile(config.get("regex", "(.*)"))
-        match = regex.fullmatch(value)
-        if action == "keep" and match is None:
-            return None
-        if action == "drop" and match is not None:
-            return None
-        if action == "replace" and match is not None and "target_label" in config:
-            labels[config["target_label"]] = _expand(
-                match, config.get("replacement", "$1")
+        action = str(config.get("action", "replace")).lower()
+        if action not in _RELABEL_ACTIONS:
+            raise ConfigurationError(
+                where,
+                f"relabel action {action!r} is not one derive_flows can follow, "
+                "so it cannot tell which pods of the namespace the job scrapes "
+                "and the default deny ingress policy would block them; use "
+                f"{sorted(_RELABEL_ACTIONS)} or scrape static targets",
             )
+        pattern = str(config.get("regex", "(.*)"))
+        try:
+            regex = re.compile(pattern)
+        except re.error as error:
+            raise ConfigurationError(
+                where,
+                f"relabel regex {pattern!r} cannot be evaluated ({error}); "
+                "write it in the syntax RE2 and Python share",
+            ) from error
+        source_labels = [str(n) for n in config.get("source_labels") or []]
+        value = str(config.get("separator", ";")).join(
+            labels.get(n, "") for n in source_labels
+        )
+        target = config.get("target_label")
+        target = None if target is None else str(target)
+        if action in ("keep", "drop"):
+            if (regex.fullmatch(value) is None) == (action == "keep"):
+                return None
+        elif action in ("keepequal", "dropequal"):
+            involved = {*source_labels, target or ""} & unknown
+            if involved:
+                raise ConfigurationError(
+                    where,
+                    f"relabel action {action!r} compares {sorted(involved)}, "
+                    "whose values derive_flows cannot know, so it cannot tell "
+                    "which pods the job scrapes",
+                )
+            if (value == labels.get(target or "", "")) != (action == "keepequal"):
+                return None
+        elif action in ("lowercase", "uppercase"):
+            if target:
+                labels[target] = (
+                    value.lower() if action == "lowercase" else value.upper()
+                )
+        elif action == "replace":
+            match = regex.fullmatch(value)
+            if match is None or target is None:
+                continue
+            name = _expand(match, target, where)
+            result = _expand(match, str(config.get("replacement", "$1")), where)
+            if result:
+                labels[name] = result
+            else:
+                labels.pop(name, None)
+        elif action == "labelmap":
+            replacement = str(config.get("replacement", "$1"))
+            for key, label_value in list(labels.items()):
+                match = regex.fullmatch(key)
+                if match is not None:
+                    labels[_expand(match, replacement, where)] = label_value
+        else:  # labeldrop, labelkeep
+            for key in list(labels):
+                if (regex.fullmatch(key) is None) == (action == "labelkeep"):
+                    del labels[key]
     return labels
 
 
-def _expand(match: re.Match[str], replacement: str) -> str:
-    """A relabel replacement with ``$1`` and ``${name}`` filled in."""
-    return re.sub(
-        r"\$\{?(\w+)\}?",
-        lambda ref: match.group(int(ref[1]) if ref[1].isdigit() else ref[1]) or "",
-        replacement,
-    )
+def _expand(match: re.Match[str], replacement: str, where: str) -> str:
+    """A relabel replacement with ``$1``, ``${name}`` and ``$$`` filled in."""
+
+    def group(ref: re.Match[str]) -> str:
+        if ref[0] == "$$":
+            return "$"
+        name = ref[1] or ref[2]
+        try:
+            return match.group(int(name) if name.isdigit() else name) or ""
+        except IndexError:
+            raise ConfigurationError(
+                where,
+                f"relabel replacement {replacement!r} refers to group "
+                f"{ref[0]!r}, which the regex {match.re.pattern!r} does not "
+                "have",
+            ) from None
+
+    return re.sub(r"\$(?:\{(\w+)\}|(\w+)|\$)", group, replacement)
 
 
 # --- the policies -------------------------------------------------------------
@@ -605,6 +985,25 @@ class NetworkPolicies(Construct):
         super().__init__(scope, id)
         self.settings = settings
         self.flows = list(flows)
+        self.namespace = namespace
+        for audience in {
+            f.source for f in self.flows if isinstance(f.source, Audience)
+        }:
+            if namespace in self.namespaces(audience):
+                raise ConfigurationError(
+                    f"network_policies.{audience.setting}",
+                    f"names {namespace!r}, the stack's own namespace, which "
+                    "would open the ports it guards to every pod of the stack "
+                    "(Filebeat, the setup Job); its own flows are derived, "
+                    "list only other namespaces",
+                )
+        if namespace in settings.ui_namespaces:
+            raise ConfigurationError(
+                "network_policies.ui_namespaces",
+                f"names {namespace!r}, the stack's own namespace, which would "
+                "open every UI and API to every pod of the stack (Filebeat, "
+                "the setup Job); list only other namespaces",
+            )
         labels = standard_labels(NAME, "network-policy", VERSION)
         self.policies: dict[str, k8s.KubeNetworkPolicy] = {}
         # Selects every pod and admits nothing: a pod no rule below names
@@ -639,7 +1038,7 @@ class NetworkPolicies(Construct):
     def namespaces(self, audience: Audience) -> list[str]:
         """The namespaces an audience stands for under these settings."""
         chosen = getattr(self.settings, audience.setting)
-        return sorted(audience.derived if chosen is None else chosen)
+        return sorted(set(audience.derived if chosen is None else chosen))
 
     def _rules(self, destination: Workload) -> list[k8s.NetworkPolicyIngressRule]:
         """One rule per source: from it, on the ports it uses and no others."""

@@ -699,3 +699,349 @@ def test_settings_are_strict() -> None:
         NetworkPolicySettings(ui_namespaces=["Ops_Team"])
     with pytest.raises(ValidationError, match="Extra inputs"):
         NetworkPolicySettings.model_validate({"egress": True})
+
+
+# --- hostile inputs ----------------------------------------------------------------
+
+
+def with_prometheus(
+    charts: dict[str, Rendered], *jobs: Doc, alertmanagers: Sequence[Doc] = ()
+) -> list[Doc]:
+    """Production's documents with jobs added to the Prometheus config."""
+    documents = copy.deepcopy(charts["production"].documents)
+    [config_map] = [
+        d
+        for d in documents
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "prometheus-config"
+    ]
+    config = yaml.safe_load(config_map["data"]["prometheus.yml"])
+    config["scrape_configs"].extend(copy.deepcopy(list(jobs)))
+    config["alerting"]["alertmanagers"].extend(copy.deepcopy(list(alertmanagers)))
+    config_map["data"]["prometheus.yml"] = yaml.safe_dump(config)
+    return documents
+
+
+def scraped(documents: Sequence[Doc]) -> set[tuple[str, int]]:
+    return {
+        (flow.destination.name, flow.port)
+        for flow in derive_flows(documents)
+        if isinstance(flow.source, Workload) and flow.source.name == "prometheus"
+    }
+
+
+def pod_job(name: str, *relabel: Doc) -> Doc:
+    return {
+        "job_name": name,
+        "kubernetes_sd_configs": [
+            {"role": "pod", "namespaces": {"names": ["monitoring"]}}
+        ],
+        "relabel_configs": list(relabel),
+    }
+
+
+KEEP_KIBANA = {
+    "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+    "action": "keep",
+    "regex": "kibana",
+}
+
+
+def test_static_targets_parse_like_prometheus(charts: dict[str, Rendered]) -> None:
+    baseline = scraped(charts["production"].documents)
+    outside = {
+        "job_name": "outside",
+        "static_configs": [
+            {
+                "targets": [
+                    "payments-api.sunday-production.svc",  # no port: 80
+                    "https://sunday.com",
+                    "[2001:db8::1]:9100",
+                    "10.0.0.1",
+                ]
+            }
+        ],
+    }
+    assert scraped(with_prometheus(charts, outside)) == baseline
+
+    # Portless in-namespace targets take the scheme's port, in any spelling.
+    portless = {
+        "job_name": "portless",
+        "scheme": "https",
+        "static_configs": [{"targets": ["Grafana.Monitoring.svc.cluster.local."]}],
+    }
+    # grafana's Service has no 443, so nothing is admitted for it; kibana's
+    # 5601 is reached through a mixed-case, fully qualified name.
+    spelled = {
+        "job_name": "spelled",
+        "static_configs": [
+            {"targets": ["Kibana:5601", "kibana.monitoring.svc.cluster.local.:5601"]}
+        ],
+    }
+    assert scraped(with_prometheus(charts, portless, spelled)) == baseline | {
+        ("kibana", 5601)
+    }
+
+    # A URL target handed to a prober: the prober is what Prometheus
+    # reaches, the URL is opaque (here the in-namespace Kibana).
+    blackbox = {
+        "job_name": "blackbox",
+        "metrics_path": "/probe",
+        "params": {"module": ["http_2xx"]},
+        "static_configs": [
+            {"targets": ["https://sunday.com", "http://grafana:3000/api/health"]}
+        ],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"target_label": "__address__", "replacement": "kibana:5601"},
+        ],
+    }
+    flows = derive_flows(with_prometheus(charts, blackbox))
+    assert {
+        (f.destination.name, f.port) for f in flows if f.source.name == "prometheus"
+    } == baseline | {("kibana", 5601)}
+    # The probed URL is no connection of Prometheus to Grafana.
+    [grafana] = [f for f in flows if f.key[:2] == ("prometheus", "grafana")]
+    assert "api/health" not in grafana.reason
+
+
+@pytest.mark.parametrize("target", ["grafana:http", "grafana:0", "grafana:3000/x"])
+def test_an_in_namespace_target_without_a_usable_port_names_job_and_target(
+    charts: dict[str, Rendered], target: str
+) -> None:
+    job = {"job_name": "broken", "static_configs": [{"targets": [target]}]}
+    with pytest.raises(ConfigurationError, match=rf"job broken target {target}"):
+        derive_flows(with_prometheus(charts, job))
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "configs"),
+    [
+        ("dns_sd_configs", [{"names": ["kibana.monitoring.svc"], "type": "A"}]),
+        ("dns_sd_configs", [{"names": ["_http._tcp.kibana.monitoring.svc."]}]),
+        ("file_sd_configs", [{"files": ["/etc/prometheus/targets/*.json"]}]),
+        ("http_sd_configs", [{"url": "http://example.com/targets"}]),
+        ("consul_sd_configs", [{"server": "consul:8500"}]),
+    ],
+)
+def test_discovery_the_derivation_cannot_follow_stops_the_synth(
+    charts: dict[str, Rendered], mechanism: str, configs: list[Doc]
+) -> None:
+    job = {"job_name": "opaque", mechanism: configs}
+    with pytest.raises(ConfigurationError, match=rf"'opaque'.*{mechanism}.*deny"):
+        derive_flows(with_prometheus(charts, job))
+    # The same discovery for Alertmanagers, too.
+    with pytest.raises(ConfigurationError, match=mechanism):
+        derive_flows(with_prometheus(charts, alertmanagers=[{mechanism: configs}]))
+
+
+def test_discovery_that_stays_outside_is_egress(charts: dict[str, Rendered]) -> None:
+    baseline = scraped(charts["production"].documents)
+    jobs = [
+        {
+            "job_name": "dns-outside",
+            "dns_sd_configs": [
+                {"names": ["_metrics._tcp.payments.sunday-production.svc"]}
+            ],
+            "relabel_configs": [{"action": "hashmod", "modulus": 2}],
+        },
+        {"job_name": "vms", "ec2_sd_configs": [{"region": "eu-west-1"}]},
+        # A proxy in the namespace fronts the nodes: that one is a flow.
+        {
+            "job_name": "nodes-via-grafana",
+            "kubernetes_sd_configs": [{"role": "node"}],
+            "relabel_configs": [
+                {"action": "labelmap", "regex": "__meta_kubernetes_node_label_(.+)"},
+                {"target_label": "__address__", "replacement": "grafana:3000"},
+            ],
+        },
+    ]
+    assert scraped(with_prometheus(charts, *jobs)) == baseline | {("grafana", 3000)}
+
+
+def test_relabel_actions_are_followed_or_refused(charts: dict[str, Rendered]) -> None:
+    baseline = scraped(charts["production"].documents)
+    # labelmap, lowercase and labelkeep are followed to the pods they keep.
+    followed = pod_job(
+        "followed",
+        {"action": "labelmap", "regex": "__meta_kubernetes_pod_label_app_(.+)"},
+        {
+            "source_labels": ["kubernetes_io_name"],
+            "target_label": "n",
+            "action": "uppercase",
+        },
+        {"source_labels": ["n"], "action": "keep", "regex": "KIBANA"},
+        {"source_labels": ["n"], "target_label": "n", "action": "lowercase"},
+        {"source_labels": ["n"], "action": "keep", "regex": "kibana"},
+    )
+    assert scraped(with_prometheus(charts, followed)) == baseline | {("kibana", 5601)}
+
+    # hashmod shards by the pod's IP, which no template tells.
+    sharded = pod_job(
+        "sharded",
+        KEEP_KIBANA,
+        {
+            "source_labels": ["__address__"],
+            "action": "hashmod",
+            "modulus": 2,
+            "target_label": "__tmp_shard",
+        },
+        {"source_labels": ["__tmp_shard"], "action": "keep", "regex": "0"},
+    )
+    with pytest.raises(ConfigurationError, match=r"'sharded'.*'hashmod'.*deny"):
+        derive_flows(with_prometheus(charts, sharded))
+    # An action the pods never reach is no reason to stop.
+    unreached = pod_job(
+        "unreached",
+        {
+            "source_labels": ["__meta_kubernetes_pod_label_app"],
+            "action": "keep",
+            "regex": "nothing-here",
+        },
+        {
+            "action": "hashmod",
+            "source_labels": ["__address__"],
+            "modulus": 2,
+            "target_label": "__tmp_shard",
+        },
+    )
+    assert scraped(with_prometheus(charts, unreached)) == baseline
+
+
+def test_keepequal_does_not_over_admit(charts: dict[str, Rendered]) -> None:
+    baseline = scraped(charts["production"].documents)
+    port_annotation = "__meta_kubernetes_pod_annotation_prometheus_io_port"
+    # Kibana has no prometheus.io/port annotation: nothing is kept.
+    annotated = pod_job(
+        "annotated",
+        KEEP_KIBANA,
+        {
+            "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+            "action": "keepequal",
+            "target_label": port_annotation,
+        },
+    )
+    assert scraped(with_prometheus(charts, annotated)) == baseline
+    # Equal values are kept, dropequal drops them.
+    equal = pod_job(
+        "equal",
+        KEEP_KIBANA,
+        {"target_label": "__tmp_want", "replacement": "5601"},
+        {
+            "source_labels": ["__meta_kubernetes_pod_container_port_number"],
+            "action": "keepequal",
+            "target_label": "__tmp_want",
+        },
+    )
+    assert scraped(with_prometheus(charts, equal)) == baseline | {("kibana", 5601)}
+    equal["relabel_configs"][2]["action"] = "dropequal"
+    assert scraped(with_prometheus(charts, equal)) == baseline
+    # Two values a template cannot tell would compare equal (both empty):
+    # refused rather than keeping every pod.
+    unknowable = pod_job(
+        "unknowable",
+        {
+            "source_labels": ["__meta_kubernetes_pod_name"],
+            "action": "keepequal",
+            "target_label": "__meta_kubernetes_pod_node_name",
+        },
+    )
+    with pytest.raises(ConfigurationError, match=r"'unknowable'.*keepequal"):
+        derive_flows(with_prometheus(charts, unknowable))
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (
+            {
+                "source_labels": ["__address__"],
+                "regex": "(.*)",
+                "replacement": "$2",
+                "target_label": "x",
+            },
+            r"group '\$2'",
+        ),
+        (
+            {
+                "source_labels": ["__address__"],
+                "regex": "(.*)",
+                "replacement": "${port}",
+                "target_label": "x",
+            },
+            r"group '\$\{port\}'",
+        ),
+        (
+            {"source_labels": ["__address__"], "regex": r"(.*)\z", "target_label": "x"},
+            "cannot be evaluated",
+        ),
+        (
+            {"source_labels": ["__address__"], "action": "keep", "regex": "("},
+            "cannot be evaluated",
+        ),
+    ],
+)
+def test_bad_relabel_rules_name_the_job(
+    charts: dict[str, Rendered], rule: Doc, problem: str
+) -> None:
+    for job in (
+        pod_job("bad-rule", rule),
+        {
+            "job_name": "bad-rule",
+            "static_configs": [{"targets": ["grafana:3000"]}],
+            "relabel_configs": [rule],
+        },
+    ):
+        with pytest.raises(ConfigurationError, match=rf"'bad-rule'.*{problem}"):
+            derive_flows(with_prometheus(charts, job))
+
+
+def test_other_scrape_jobs_do_not_widen_the_app_namespaces(
+    charts: dict[str, Rendered],
+) -> None:
+    kube_system = {
+        "job_name": "kube-system-pods",
+        "kubernetes_sd_configs": [
+            {"role": "pod", "namespaces": {"names": ["kube-system"]}}
+        ],
+    }
+    documents = with_prometheus(charts, kube_system)
+    # Prometheus does reach into kube-system (egress) ...
+    assert "kube-system" in scrape_namespaces(documents)
+    # ... but only the application's namespaces may send traces.
+    [app] = {
+        f.source
+        for f in derive_flows(documents)
+        if isinstance(f.source, Audience) and f.source.setting == "app_namespaces"
+    }
+    assert app.derived == ("sunday-production",)
+    # What the stack passes wins, deduplicated.
+    [app] = {
+        f.source
+        for f in derive_flows(
+            documents, default_app_namespaces=["b-ns", "a-ns", "b-ns"]
+        )
+        if isinstance(f.source, Audience) and f.source.setting == "app_namespaces"
+    }
+    assert app.derived == ("a-ns", "b-ns")
+
+
+def test_audiences_exclude_the_own_namespace_and_duplicates(
+    charts: dict[str, Rendered],
+) -> None:
+    production = charts["production"]
+    for settings in (
+        NetworkPolicySettings(ui_namespaces=[OPS, production.namespace]),
+        NetworkPolicySettings(app_namespaces=[production.namespace]),
+    ):
+        with pytest.raises(ConfigurationError, match="the stack's own namespace"):
+            policies(production, settings)
+
+    settings = NetworkPolicySettings(
+        ui_namespaces=[OPS, OPS], app_namespaces=["a", "a"]
+    )
+    assert settings.ui_namespaces == [OPS]
+    assert settings.app_namespaces == ["a"]
+    for policy in policies(production, settings):
+        for rule in policy["spec"].get("ingress", []):
+            peers = [yaml.safe_dump(peer) for peer in rule["from"]]
+            assert len(peers) == len(set(peers)), policy["metadata"]["name"]
