@@ -56,9 +56,20 @@ class LayoutError(AssertionError):
 class Layout:
     """The rendered manifest plus the local substitutions, collected."""
 
-    def __init__(self, documents: list[dict[str, Any]], root: Path) -> None:
+    def __init__(
+        self,
+        documents: list[dict[str, Any]],
+        root: Path,
+        local: Iterable[tuple[str, str]] | None = None,
+    ) -> None:
         self.documents = documents
         self.root = root
+        # The workloads that run locally in this run (all of LOCAL_WORKLOADS
+        # unless a scenario needs fewer); the others count as cluster-only.
+        self.local = set(LOCAL_WORKLOADS if local is None else local)
+        unknown = self.local - set(LOCAL_WORKLOADS)
+        if unknown:
+            raise LayoutError(f"no local program for {sorted(unknown)}")
         self.notes: list[str] = []
         # Per discovery job, the instances its relabel_configs should yield.
         self.discovered: dict[str, list[str]] = {}
@@ -280,7 +291,7 @@ class Layout:
             ):
                 continue
             key = (workload["kind"], workload["metadata"]["name"])
-            if key not in LOCAL_WORKLOADS:
+            if key not in self.local:
                 return None
             if ordinal is not None and (
                 workload["kind"] != "StatefulSet"
@@ -317,7 +328,7 @@ class Layout:
         for workload in self.workloads():
             key = (workload["kind"], workload["metadata"]["name"])
             namespace = namespace_of(workload)
-            if key not in LOCAL_WORKLOADS or namespace not in wanted:
+            if key not in self.local or namespace not in wanted:
                 continue
             template = workload["spec"]["template"]
             name = workload["metadata"]["name"]
@@ -383,12 +394,20 @@ def namespace_of(document: dict[str, Any]) -> str:
 
 
 def local_prometheus_config(
-    layout: Layout, config: dict[str, Any], *, interval: str
+    layout: Layout, config: dict[str, Any], *, interval: str | None
 ) -> dict[str, Any]:
-    """prometheus.yml with cluster-only parts replaced by local equivalents."""
+    """prometheus.yml with cluster-only parts replaced by local equivalents.
+
+    ``interval`` replaces every scrape and evaluation interval (and drops
+    the jobs' scrape timeouts, which may not exceed it); None keeps the
+    rendered intervals and timeouts.
+    """
     config = yaml.safe_load(yaml.safe_dump(config))
     glob = config["global"]
     for key in ("scrape_interval", "evaluation_interval"):
+        if interval is None:
+            layout.note(f"prometheus.yml: global {key} {glob.get(key)} (as rendered)")
+            continue
         layout.note(
             f"prometheus.yml: global {key} {glob.get(key)} -> {interval} (speed)"
         )
@@ -400,10 +419,11 @@ def local_prometheus_config(
     jobs = []
     for job in config.get("scrape_configs", []):
         name = job["job_name"]
-        if "scrape_interval" in job:
-            job["scrape_interval"] = interval
-        if "scrape_timeout" in job:
-            job.pop("scrape_timeout")
+        if interval is not None:
+            if "scrape_interval" in job:
+                job["scrape_interval"] = interval
+            if "scrape_timeout" in job:
+                job.pop("scrape_timeout")
         static_groups = []
         for block in job.pop("kubernetes_sd_configs", []) or []:
             if block.get("role") != "pod":
@@ -847,9 +867,32 @@ WARNING_ALERT = "HighDatabaseConnections"
 CRITICAL_ALERT = "DatabaseDown"
 
 
-def build_spec(documents: list[dict[str, Any]], root: Path) -> tuple[dict, Layout]:
-    """Every file and process spec of the local stack, and what was changed."""
-    layout = Layout(documents, root)
+def build_spec(
+    documents: list[dict[str, Any]],
+    root: Path,
+    *,
+    interval: str | None = FAST_INTERVAL,
+    for_overrides: dict[str, str] | None = None,
+    workloads: Iterable[tuple[str, str]] | None = None,
+) -> tuple[dict, Layout]:
+    """Every file and process spec of the local stack, and what was changed.
+
+    The defaults are the end-to-end test's: every local workload, the
+    intervals shortened to ``FAST_INTERVAL`` and the ``FOR_OVERRIDES``.
+    ``interval=None`` and ``for_overrides={}`` keep the rendered timing;
+    ``workloads`` names the (kind, name) pairs to run, the rest being
+    treated like cluster-only workloads (their scrape targets dropped).
+    """
+    if for_overrides is None:
+        for_overrides = FOR_OVERRIDES
+    layout = Layout(documents, root, workloads)
+    required = {
+        ("Deployment", "postgres-exporter"),
+        ("StatefulSet", "alertmanager"),
+        ("StatefulSet", "prometheus"),
+    }
+    if not required <= layout.local:
+        raise LayoutError(f"every run needs {sorted(required)} locally")
     sinks_dir = root / "sinks"
     sinks_dir.mkdir(mode=0o711)  # Alertmanager (uid 65534) reads the certificate
     cert, key = self_signed_certificate(sinks_dir)
@@ -893,17 +936,22 @@ def build_spec(documents: list[dict[str, Any]], root: Path) -> tuple[dict, Layou
         local = f"--redis.addr={match.group(1) or ''}{LOOPBACK}:{redis['port']}"
         return local
 
+    exporter_options: dict[tuple[str, str], dict[str, Any]] = {
+        ("DaemonSet", "node-exporter"): {},
+        ("Deployment", "postgres-exporter"): {
+            "secrets_data": pg_secrets,
+            "rewrite_env": pg_env,
+        },
+        ("Deployment", "redis-exporter"): {"rewrite_arg": redis_arg},
+    }
     exporters = [
-        layout.pod_process("DaemonSet", "node-exporter"),
-        layout.pod_process(
-            "Deployment",
-            "postgres-exporter",
-            secrets_data=pg_secrets,
-            rewrite_env=pg_env,
-        ),
-        layout.pod_process("Deployment", "redis-exporter", rewrite_arg=redis_arg),
+        layout.pod_process(kind, name, **options)
+        for (kind, name), options in exporter_options.items()
+        if (kind, name) in layout.local
     ]
-    if "port" not in pg or "port" not in redis:
+    if "port" not in pg or (
+        ("Deployment", "redis-exporter") in layout.local and "port" not in redis
+    ):
         raise LayoutError("the exporters' server addresses were not found")
 
     # Alertmanager: endpoints to the sinks, credentials in the Secret files.
@@ -966,7 +1014,7 @@ def build_spec(documents: list[dict[str, Any]], root: Path) -> tuple[dict, Layou
     prom_rendered = yaml.safe_load(
         layout.config_map("prometheus-config")["prometheus.yml"]
     )
-    prom_local = local_prometheus_config(layout, prom_rendered, interval=FAST_INTERVAL)
+    prom_local = local_prometheus_config(layout, prom_rendered, interval=interval)
     expected_jobs = [job["job_name"] for job in prom_local["scrape_configs"]]
 
     def prom_configs(mounts: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -978,7 +1026,7 @@ def build_spec(documents: list[dict[str, Any]], root: Path) -> tuple[dict, Layou
             "prometheus-config": {
                 "prometheus.yml": yaml.safe_dump(local, sort_keys=False)
             },
-            "prometheus-rules": local_rule_files(layout, rules, FOR_OVERRIDES),
+            "prometheus-rules": local_rule_files(layout, rules, for_overrides),
         }
 
     prometheus = layout.pod_process(

@@ -268,7 +268,7 @@ class Stack:
         self.stop_postgres(postgres)
         self.check_inhibition()
 
-    def check_targets(self) -> None:
+    def check_targets(self, timeout: float = 30) -> None:
         expected = set(self.spec["expected_jobs"])
 
         def all_up() -> list[dict[str, Any]] | None:
@@ -296,11 +296,11 @@ class Stack:
             )
 
         try:
-            poll("every scrape target up", all_up, 30)
+            poll("every scrape target up", all_up, timeout)
         finally:
             self.mark("targets checked")
 
-    def check_rules(self) -> None:
+    def check_rules(self, timeout: float = 20) -> None:
         def evaluated() -> list[dict[str, Any]] | None:
             status, body = get_json(f"{self.prometheus}/api/v1/rules")
             if status != 200:
@@ -326,7 +326,7 @@ class Stack:
                 else None
             )
 
-        poll("every rule evaluated once", evaluated, 20)
+        poll("every rule evaluated once", evaluated, timeout)
         self.result["prometheus_runtime"] = {
             name: [s["value"][1] for s in self.vector(name)]
             for name in (
@@ -467,7 +467,7 @@ class Stack:
                 process.wait(timeout=10)
         self.held.clear()
 
-    def stop_postgres(self, postgres: Postgres) -> None:
+    def stop_postgres(self, postgres: Postgres, timeout: float = 120) -> None:
         alert = self.spec["database_down"]["alert"]
         assert postgres.process is not None
         self.processes.stop(postgres.process)
@@ -485,7 +485,7 @@ class Stack:
 
         info: dict[str, Any] = {"stopped_at": stopped, "states_seen": seen}
         self.result["database_down"] = info
-        delivered = poll(f"{alert} at the PagerDuty sink", paged, 120, every=0.5)
+        delivered = poll(f"{alert} at the PagerDuty sink", paged, timeout, every=0.5)
         info["pagerduty_at"] = delivered[0]["time"]
         info["latency_seconds"] = delivered[0]["time"] - stopped
         status, body = get_json(f"{self.prometheus}/api/v1/alerts")
@@ -593,7 +593,8 @@ class Stack:
         }
 
 
-def main(spec_path: str, result_path: str) -> int:
+def main(spec_path: str, result_path: str, stack_class: type[Stack] = Stack) -> int:
+    """Run ``stack_class(spec, result).run()``, then close it, whatever happens."""
     spec = json.loads(Path(spec_path).read_text())
     result: dict[str, Any] = {"error": None}
 
@@ -605,7 +606,7 @@ def main(spec_path: str, result_path: str) -> int:
     signal.signal(signal.SIGTERM, give_up)
     signal.signal(signal.SIGALRM, give_up)
     signal.alarm(int(spec["deadline_seconds"]))
-    stack = Stack(spec, result)
+    stack = stack_class(spec, result)
     code = 0
     try:
         stack.run()
