@@ -21,9 +21,15 @@ What one run does, in this order:
    with the severity, description, time and the PagerDuty outcome;
 4. rewrites the report's Timeline and Communication with what happened.
 
-Each call has a timeout (``--timeout``, default 10 s) and is retried, at
-most ``--attempts`` times in all (default 3), on HTTP 429, HTTP 5xx and
-connection errors; redirects are never followed. A call that fails prints one
+Each attempt has an overall deadline (``--timeout``, default 10 s: connect,
+headers and body together; at most 64 KiB of an answer is read) and a call is
+retried, at most ``--attempts`` times in all (default 3), on HTTP 429, HTTP
+5xx and connection errors; redirects are never followed. If a retried page is
+refused because its incident_key is already open (HTTP 400 naming the key, or
+409), the earlier attempt created it: that counts as success. Text from a
+server is stripped of control and bidi characters, and Markdown-escaped in
+the report. Ctrl-C during a call marks it interrupted in the report (it may
+have reached the service) and exits 130. A call that fails prints one
 line on stderr naming the call and the HTTP status or error; the secret is
 never printed, and the report's Communication section says what failed.
 
@@ -55,11 +61,13 @@ Exit status: 0 when the report was written and every call succeeded; 1 when
 the report was written but a call failed (the report says which); 2 on a
 usage or configuration error, or when the report cannot be written, in which
 case nothing was sent.
+130 when interrupted (Ctrl-C); the report says which call may have gone.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import http.client
 import ipaddress
@@ -67,15 +75,18 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import ssl
+import stat
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +118,7 @@ REPORT_NAME = "incident-report.md"
 EXIT_OK = 0
 EXIT_DELIVERY_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 # Options that take a value: the argument after one is a value, not a flag.
 _VALUE_OPTIONS = frozenset(
@@ -131,12 +143,48 @@ _CREDENTIAL_VALUE = re.compile(
 _SAFE_FLAG_NAME = re.compile(r"--?[A-Za-z][A-Za-z0-9_-]{0,39}")
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 _PAGERDUTY_ID = re.compile(r"[A-Za-z0-9]{1,64}")
-_EMAIL = re.compile(r"[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+")
+# An ASCII addr-spec: a dot-atom local part, then a dotted domain name.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})+", re.ASCII)
+MAX_EMAIL = 254
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Text from a server: C0 and C1 controls (ESC, BEL, CSI...), DEL, and the
+# bidirectional marks, embeddings, overrides and isolates.
+_UNSAFE_TEXT = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+    "\u202a-\u202e\u2066-\u2069]"
+)
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]()<>!|])")
+_LINK = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%/-]*)?")
+# PagerDuty's answer to a second create with the incident_key of an open one.
+_DUPLICATE_KEY = re.compile(r"dedup(?:lication)?[ _-]?key|incident[ _-]?key", re.I)
+_ALREADY_OPEN = re.compile(r"open incident|already exists|matching", re.I)
 
 
 class UsageError(Exception):
     """A usage or configuration error; its message holds no secret."""
+
+
+def clean_text(text: str, *, keep_newlines: bool = False) -> str:
+    """Text fit for a terminal: no control characters, no bidi overrides.
+
+    Tabs and line breaks become spaces (``keep_newlines`` keeps ``\\n``).
+    """
+    if keep_newlines:
+        return "\n".join(clean_text(line) for line in text.split("\n"))
+    return _UNSAFE_TEXT.sub(
+        lambda match: " " if match.group(0) in "\t\r\n\x0b\x0c" else "", text
+    )
+
+
+def markdown_escape(text: str) -> str:
+    """Server text for the report: clean, and no link, image or HTML syntax."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", clean_text(text))
+
+
+def is_email(text: str) -> bool:
+    return len(text) <= MAX_EMAIL and bool(_EMAIL.fullmatch(text))
 
 
 # --- secrets ---------------------------------------------------------------
@@ -193,6 +241,32 @@ class Redactor:
         return text
 
 
+def _read_regular_file(path: str, limit: int, what: str, variable: str) -> bytes:
+    """At most ``limit`` bytes of a regular file; never opens a FIFO or device.
+
+    Checked before opening (a FIFO would block the open) and again on the
+    open descriptor (opened non-blocking), so a swap in between is caught.
+    """
+    shown = clean_text(path)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise UsageError(f"{what}: {variable} ({shown}) is not a regular file")
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+        descriptor = os.open(path, flags)
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise UsageError(
+                    f"{what}: {variable} ({shown}) is not a regular file"
+                )
+            os.set_blocking(handle.fileno(), True)
+            return handle.read(limit)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(
+            f"{what}: cannot read {variable} ({shown}): {reason}"
+        ) from None
+
+
 def strip_one_newline(value: str) -> str:
     if value.endswith("\r\n"):
         return value[:-2]
@@ -206,14 +280,7 @@ def read_secret(env: Mapping[str, str], name: str, what: str) -> Secret | None:
     file_variable = f"{name}_FILE"
     path = env.get(file_variable, "")
     if path:
-        try:
-            with open(path, "rb") as handle:
-                raw = handle.read(MAX_SECRET_BYTES + 1)
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
-            raise UsageError(
-                f"{what}: cannot read {file_variable} ({path}): {reason}"
-            ) from None
+        raw = _read_regular_file(path, MAX_SECRET_BYTES + 1, what, file_variable)
         if len(raw) > MAX_SECRET_BYTES:
             raise UsageError(f"{what}: the file in {file_variable} is too large")
         try:
@@ -361,8 +428,10 @@ def pagerduty_target(
             "PagerDuty requester missing: pass --from-email (the email of a "
             "PagerDuty user; the REST API requires it) or set PAGERDUTY_FROM_EMAIL"
         )
-    if not _EMAIL.fullmatch(from_email):
-        raise UsageError("--from-email is not an email address")
+    if not is_email(from_email):
+        raise UsageError(
+            "--from-email (or PAGERDUTY_FROM_EMAIL) is not an ASCII email address"
+        )
     return PagerDutyTarget(endpoint, token, from_email, service_id, priority_id)
 
 
@@ -545,6 +614,8 @@ class Outcome:
     status: int | None = None
     detail: str = ""
     body: bytes = b""
+    # A retry rejected because the earlier attempt's incident already exists.
+    duplicate: bool = False
 
     def describe(self) -> str:
         tries = f"after {self.attempts} attempt{'s' if self.attempts != 1 else ''}"
@@ -563,7 +634,7 @@ def _error_excerpt(body: bytes, redact: Redactor) -> str:
 
     Redacted before it is cut short, so no part of a secret is left.
     """
-    text = redact(body.decode("utf-8", errors="replace"))
+    text = clean_text(redact(body.decode("utf-8", errors="replace")))
     try:
         document = json.loads(text)
     except ValueError:
@@ -574,7 +645,7 @@ def _error_excerpt(body: bytes, redact: Redactor) -> str:
         errors = error.get("errors")
         if isinstance(errors, list):
             parts += [str(item) for item in errors]
-        return _one_line("; ".join(part for part in parts if part))
+        return _one_line(clean_text("; ".join(part for part in parts if part)))
     return _one_line(text)
 
 
@@ -595,10 +666,138 @@ def _describe_error(error: BaseException, timeout: float) -> str:
     if isinstance(reason, socket.gaierror):
         return "cannot resolve the host name"
     if isinstance(reason, ssl.SSLError):
-        return f"TLS error: {reason}"
+        return clean_text(f"TLS error: {reason}")
     if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror
-    return f"{type(reason).__name__}: {reason}"
+        return clean_text(reason.strerror)
+    return clean_text(f"{type(reason).__name__}: {reason}")
+
+
+def is_duplicate_key_rejection(status: int, body: bytes) -> bool:
+    """PagerDuty refusing a create whose incident_key has an open incident."""
+    if status == 409:
+        return True
+    if status != 400:
+        return False
+    text = body.decode("utf-8", errors="replace")
+    return bool(_DUPLICATE_KEY.search(text) and _ALREADY_OPEN.search(text))
+
+
+class _Deadline:
+    """One attempt's overall deadline; when it passes, its sockets are shut.
+
+    The socket timeout only bounds each read, so a server trickling a byte at
+    a time could otherwise hold an attempt for ever.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.expires = time.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._connections: list[http.client.HTTPConnection] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        left = self.expires - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError("the attempt's deadline passed")
+        return left
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._connections.append(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def _shut(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is None:
+        return
+    try:  # wakes a blocked read; the plain method also works on a TLS socket
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass
+
+
+class _DeadlineHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        self._deadline.watch(self)
+        self.timeout = min(self.timeout or MAX_TIMEOUT, self._deadline.remaining())
+        super().connect()
+
+
+class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        """``HTTPSConnection.connect``, with the handshake under the deadline."""
+        self._deadline.watch(self)
+        self.timeout = min(self.timeout or MAX_TIMEOUT, self._deadline.remaining())
+        http.client.HTTPConnection.connect(self)
+        server_hostname = self._tunnel_host or self.host
+        self.sock = self._context.wrap_socket(
+            self.sock, server_hostname=server_hostname, do_handshake_on_connect=False
+        )
+        if self._deadline.expired:
+            raise TimeoutError("the attempt's deadline passed")
+        self.sock.do_handshake()
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_DeadlineHTTPConnection, deadline=self._deadline)
+        return self.do_open(connection, req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(
+            _DeadlineHTTPSConnection, deadline=self._deadline
+        )
+        return self.do_open(connection, req)
+
+
+def _read_body(response: Any, deadline: _Deadline) -> tuple[bytes, bool]:
+    """At most MAX_RESPONSE_BYTES, in chunks; and whether the deadline cut it."""
+    read = getattr(response, "read1", None) or response.read
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < MAX_RESPONSE_BYTES and not deadline.expired:
+            chunk = read(min(16 * 1024, MAX_RESPONSE_BYTES - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (OSError, http.client.HTTPException, ValueError):
+        if not deadline.expired:
+            raise
+    return b"".join(chunks), deadline.expired
 
 
 def send(
@@ -608,39 +807,69 @@ def send(
     attempts: int,
     redact: Redactor,
     sleep: Any = time.sleep,
+    duplicate: Callable[[int, bytes], bool] | None = None,
 ) -> Outcome:
-    """POST ``call``; retry on 429, 5xx and connection errors, no redirects."""
+    """POST ``call``; retry on 429, 5xx and connection errors, no redirects.
+
+    ``timeout`` bounds each attempt as a whole (connect, send, headers and
+    body). ``duplicate`` says whether an error answer to a retry means the
+    earlier attempt, whose answer was lost, did the work.
+    """
     host = urllib.parse.urlsplit(call.url).hostname or ""
-    proxies = urllib.request.ProxyHandler({} if is_loopback(host) else None)
-    opener = urllib.request.build_opener(proxies, _NoRedirect())
+    proxies = {} if is_loopback(host) else None
     data = json.dumps(call.payload).encode("utf-8")
     last = Outcome(ok=False, attempts=0)
+    may_have_landed = False  # an earlier attempt may have reached the server
     for attempt in range(1, attempts + 1):
         request = urllib.request.Request(
             call.url, data=data, headers=call.headers, method="POST"
         )
         delay = min(0.5 * 2 ** (attempt - 1), 4.0)
+        deadline = _Deadline(timeout)
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler(proxies),
+            _NoRedirect(),
+            _DeadlineHTTPHandler(deadline),
+            _DeadlineHTTPSHandler(deadline),
+        )
         try:
             with opener.open(request, timeout=timeout) as response:
-                body = response.read(MAX_RESPONSE_BYTES)
+                # A 2xx is the answer even if the deadline cuts the body short.
+                body, _ = _read_body(response, deadline)
                 return Outcome(True, attempt, response.status, body=body)
         except urllib.error.HTTPError as error:
             try:
-                body = error.read(MAX_RESPONSE_BYTES)
-            except OSError:
-                body = b""
+                body, cut = _read_body(error, deadline)
+            except (OSError, http.client.HTTPException, ValueError):
+                body, cut = b"", False
             finally:
                 error.close()
-            detail = _error_excerpt(body, redact) or redact(str(error.reason or ""))
+            if attempt > 1 and may_have_landed and duplicate is not None:
+                if duplicate(error.code, body):
+                    return Outcome(True, attempt, error.code, duplicate=True)
+            detail = _error_excerpt(body, redact) or redact(
+                clean_text(str(error.reason or ""))
+            )
+            if cut:
+                detail = f"{detail} (answer cut off after {timeout:g} s)".lstrip()
             last = Outcome(False, attempt, error.code, str(detail), body)
             if error.code != 429 and error.code < 500:
                 return last
+            may_have_landed = may_have_landed or error.code >= 500
             retry_after = (error.headers or {}).get("Retry-After", "")
             if error.code == 429 and retry_after.isdigit():
                 delay = min(float(retry_after), 10.0)
         except (OSError, http.client.HTTPException, ValueError) as error:
-            reason = redact(_describe_error(error, timeout))
+            if deadline.expired:
+                reason = f"timed out after {timeout:g} s"
+            else:
+                reason = redact(_describe_error(error, timeout))
             last = Outcome(False, attempt, None, reason)
+            reason_type = getattr(error, "reason", error)
+            if not isinstance(reason_type, ConnectionRefusedError | socket.gaierror):
+                may_have_landed = True
+        finally:
+            deadline.cancel()
         if attempt < attempts:
             sleep(delay)
     return last
@@ -740,36 +969,76 @@ def pagerduty_created(body: bytes) -> tuple[str, str]:
         if part
     )
     link = str(created.get("html_url") or "")
-    if not link.startswith("https://") or re.search(r"[\s<>|]", link):
+    if not _LINK.fullmatch(link):
         link = ""
-    return _one_line(name, 60), link
+    return _one_line(clean_text(name), 60), link
 
 
 # --- the command -----------------------------------------------------------
 
 
+_ARGUMENT_ERROR = re.compile(r"argument ([A-Za-z-]{1,40}|\{open\}): (.*)", re.S)
+_SAFE_ARGUMENT_ERRORS = (
+    "expected one argument",
+    "must be ",  # the type checkers' own messages, below
+)
+_CHOICES = {"command": ("open",), "{open}": ("open",), "--severity": SEVERITIES}
+
+
+def _value_free(message: str) -> str:
+    """argparse's message with no value the user typed (it may be a secret)."""
+    hidden = "(not shown, in case it is a secret)"
+    if message.startswith("the following arguments are required: "):
+        return message  # option names only
+    if message.startswith("unrecognized arguments"):
+        return "unrecognized arguments (not shown, in case one is a secret)"
+    match = _ARGUMENT_ERROR.fullmatch(message)
+    if match is None:
+        return f"invalid arguments {hidden}"
+    name, rest = match.groups()
+    if rest.startswith(_SAFE_ARGUMENT_ERRORS) and "'" not in rest:
+        return message
+    if rest.startswith("invalid choice") and name in _CHOICES:
+        return f"argument {name}: invalid choice {hidden}; choose from " + ", ".join(
+            _CHOICES[name]
+        )
+    return f"argument {name}: invalid value {hidden}"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that never echoes unrecognized arguments (one may be a secret)."""
+    """argparse whose errors never echo a value (one may be a secret)."""
 
     def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments"):
-            message = "unrecognized arguments (not shown, in case one is a secret)"
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_value_free(message)}\n")
 
 
 def _timeout(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
     if not 0 < value <= MAX_TIMEOUT:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most {MAX_TIMEOUT}")
     return value
 
 
 def _attempts(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ATTEMPTS}") from None
     if not 1 <= value <= MAX_ATTEMPTS:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ATTEMPTS}")
     return value
+
+
+def _email(text: str) -> str:
+    if not is_email(text):
+        raise argparse.ArgumentTypeError(
+            "must be an ASCII email address such as oncall@example.com"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -803,6 +1072,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     open_.add_argument(
         "--from-email",
+        type=_email,
         help="email of the PagerDuty user opening it (default $PAGERDUTY_FROM_EMAIL)",
     )
     open_.add_argument(
@@ -846,7 +1116,7 @@ def check_description(text: str) -> str:
 
 def opened_by(args: argparse.Namespace, env: Mapping[str, str]) -> str:
     email = args.from_email or env.get("PAGERDUTY_FROM_EMAIL", "")
-    if email and _EMAIL.fullmatch(email):
+    if email and is_email(email):
         return email
     try:
         user = getpass.getuser()
@@ -862,10 +1132,12 @@ class Console:
         self.out, self.err, self.redact = out, err, redactor
 
     def say(self, text: str) -> None:
-        print(self.redact(text), file=self.out, flush=True)
+        text = clean_text(self.redact(text), keep_newlines=True)
+        print(text, file=self.out, flush=True)
 
     def fail(self, text: str) -> None:
-        print(f"incident: {_one_line(self.redact(text), 400)}", file=self.err)
+        text = _one_line(clean_text(self.redact(text)), 400)
+        print(f"incident: {text}", file=self.err)
         self.err.flush()
 
 
@@ -917,59 +1189,12 @@ def open_incident(
             console.say(slack_call(incident, slack, summary).show())
         return EXIT_OK
 
-    failed = False
-    slack_summary = "not paged by this tool (--no-pagerduty)"
-    if pagerduty is not None:
-        outcome = send(
-            pagerduty_call(incident, pagerduty),
-            timeout=args.timeout,
-            attempts=args.attempts,
-            redact=redactor,
-        )
-        when = utc(now_utc())
-        if outcome.ok:
-            name, link = pagerduty_created(outcome.body)
-            urgency = URGENCY[args.severity]
-            created = f"incident {name} created" if name else "incident created"
-            status = f"{created}, urgency {urgency}" + (f": {link}" if link else "")
-            incident.communication["PagerDuty"] = status
-            incident.timeline.append(f"{when}: PagerDuty {status}")
-            console.say(f"PagerDuty: {status}")
-            label = slack_escape(name or "incident")
-            slack_summary = f"<{link}|{label}>" if link else "paged"
-        else:
-            failed = True
-            detail = outcome.describe()
-            incident.communication["PagerDuty"] = (
-                f"**FAILED** ({detail}); nobody was paged by this tool: "
-                "page the on-call by hand"
-            )
-            incident.timeline.append(f"{when}: PagerDuty page FAILED ({detail})")
-            console.fail(f"PagerDuty: POST {pagerduty.endpoint} failed: {detail}")
-            slack_summary = f"page FAILED ({slack_escape(detail)})"
-
-    if slack is not None:
-        outcome = send(
-            slack_call(incident, slack, slack_summary),
-            timeout=args.timeout,
-            attempts=args.attempts,
-            redact=redactor,
-        )
-        when = utc(now_utc())
-        if outcome.ok:
-            incident.communication["Slack"] = "posted to the incident webhook"
-            incident.timeline.append(f"{when}: Slack notified")
-            console.say("Slack: message posted")
-        else:
-            failed = True
-            detail = outcome.describe()
-            incident.communication["Slack"] = (
-                f"**FAILED** ({detail}); post in the incident channel by hand"
-            )
-            incident.timeline.append(f"{when}: Slack message FAILED ({detail})")
-            console.fail(
-                f"Slack: POST to the webhook at {slack.display} failed: {detail}"
-            )
+    state = {"failed": False, "current": ""}
+    try:
+        _deliver(args, incident, pagerduty, slack, console, state)
+    except KeyboardInterrupt:
+        return _interrupted(incident, report, state["current"], console)
+    failed = state["failed"]
 
     try:
         replace_file(report, redactor(render_report(incident)))
@@ -986,6 +1211,119 @@ def open_incident(
     return EXIT_OK
 
 
+def _deliver(
+    args: argparse.Namespace,
+    incident: Incident,
+    pagerduty: PagerDutyTarget | None,
+    slack: SlackTarget | None,
+    console: Console,
+    state: dict[str, Any],
+) -> None:
+    """Page, then post; ``state`` says which call is under way, what failed."""
+    redactor = console.redact
+    slack_summary = "not paged by this tool (--no-pagerduty)"
+    if pagerduty is not None:
+        state["current"] = "PagerDuty"
+        outcome = send(
+            pagerduty_call(incident, pagerduty),
+            timeout=args.timeout,
+            attempts=args.attempts,
+            redact=redactor,
+            duplicate=is_duplicate_key_rejection,
+        )
+        when = utc(now_utc())
+        urgency = URGENCY[args.severity]
+        if outcome.duplicate:
+            status = (
+                "incident created (confirmed by duplicate-key rejection: a retry "
+                f"was refused as incident key {incident.id} is open), "
+                f"urgency {urgency}"
+            )
+            incident.communication["PagerDuty"] = status
+            incident.timeline.append(f"{when}: PagerDuty {status}")
+            console.say(f"PagerDuty: {status}")
+            slack_summary = "paged"
+        elif outcome.ok:
+            name, link = pagerduty_created(outcome.body)
+            created = f"incident {name} created" if name else "incident created"
+            status = f"{created}, urgency {urgency}" + (f": {link}" if link else "")
+            shown = f"incident {markdown_escape(name)} created" if name else created
+            entry = f"{shown}, urgency {urgency}" + (f": {link}" if link else "")
+            incident.communication["PagerDuty"] = entry
+            incident.timeline.append(f"{when}: PagerDuty {entry}")
+            console.say(f"PagerDuty: {status}")
+            label = slack_escape(name or "incident")
+            slack_summary = f"<{link}|{label}>" if link else "paged"
+        else:
+            state["failed"] = True
+            detail = outcome.describe()
+            escaped = markdown_escape(redactor(detail))
+            incident.communication["PagerDuty"] = (
+                f"**FAILED** ({escaped}); nobody was paged by this tool: "
+                "page the on-call by hand"
+            )
+            incident.timeline.append(f"{when}: PagerDuty page FAILED ({escaped})")
+            console.fail(f"PagerDuty: POST {pagerduty.endpoint} failed: {detail}")
+            slack_summary = f"page FAILED ({slack_escape(detail)})"
+
+    if slack is not None:
+        state["current"] = "Slack"
+        outcome = send(
+            slack_call(incident, slack, slack_summary),
+            timeout=args.timeout,
+            attempts=args.attempts,
+            redact=redactor,
+        )
+        when = utc(now_utc())
+        if outcome.ok:
+            incident.communication["Slack"] = "posted to the incident webhook"
+            incident.timeline.append(f"{when}: Slack notified")
+            console.say("Slack: message posted")
+        else:
+            state["failed"] = True
+            detail = outcome.describe()
+            escaped = markdown_escape(redactor(detail))
+            incident.communication["Slack"] = (
+                f"**FAILED** ({escaped}); post in the incident channel by hand"
+            )
+            incident.timeline.append(f"{when}: Slack message FAILED ({escaped})")
+            console.fail(
+                f"Slack: POST to the webhook at {slack.display} failed: {detail}"
+            )
+    state["current"] = ""
+
+
+def _interrupted(
+    incident: Incident, report: Path, current: str, console: Console
+) -> int:
+    """Ctrl-C during a call: say so in the report and in one line; exit 130."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the write end
+    try:
+        when = utc(now_utc())
+        if current:
+            incident.communication[current] = (
+                f"interrupted (the request may have reached {current}; "
+                "check before retrying)"
+            )
+            incident.timeline.append(f"{when}: interrupted during the {current} call")
+        else:
+            incident.timeline.append(f"{when}: interrupted")
+        for name, status in incident.communication.items():
+            if status == "pending":
+                incident.communication[name] = "not sent (interrupted)"
+        try:
+            replace_file(report, console.redact(render_report(incident)))
+            saved = f"{report} says so"
+        except OSError as error:
+            saved = f"could not update {report} ({error.strerror or error})"
+        during = f" during the {current} call" if current else ""
+        check = f"; check {current} before retrying" if current else ""
+        console.fail(f"interrupted{during}{check}; {saved}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return EXIT_INTERRUPTED
+
+
 def main(
     argv: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
@@ -1000,9 +1338,12 @@ def main(
     except UsageError as error:
         console.fail(f"error: {error}")
         return EXIT_USAGE
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return open_incident(args, argv, env, console)
     except UsageError as error:
         console.fail(f"error: {error}")
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        console.fail("interrupted; if a report was written, read it before retrying")
+        return EXIT_INTERRUPTED

@@ -19,6 +19,7 @@ must never appear in stdout, stderr or a report.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import signal
@@ -141,6 +142,9 @@ class Sink:
                     )
                     response = sink.responses[min(index, len(sink.responses) - 1)]
                 time.sleep(response.get("delay", 0))
+                if response.get("trickle"):
+                    self.trickle(response)
+                    return
                 if response.get("echo"):
                     # A server that repeats a request header back in its error.
                     name = response["echo"]
@@ -161,6 +165,30 @@ class Sink:
                     self.wfile.write(payload)
                 except OSError:
                     pass  # the client gave up (a timeout scenario)
+
+            def trickle(self, response: dict[str, Any]) -> None:
+                """Answer one byte at a time, from the status line or the body."""
+                payload = response.get("body", "").encode()
+                head = (
+                    f"HTTP/1.1 {response['status']} Whatever\r\n"
+                    "Content-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                fast, slow = b"", head + payload
+                if response["trickle"] == "body":
+                    fast, slow = head, payload
+                stop = time.monotonic() + 30  # bounded whatever happens
+                try:
+                    self.wfile.write(fast)
+                    for byte in slow:
+                        if time.monotonic() > stop:
+                            break
+                        self.wfile.write(bytes([byte]))
+                        time.sleep(0.25)
+                except OSError:
+                    pass  # the client gave up, as it should
+                self.close_connection = True
 
             do_POST = do_GET = do_PUT = handle_one
 
@@ -198,29 +226,45 @@ def helper(spec_path: Path, result_path: Path) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(fill(content, urls))
                 path.chmod(0o600)
+            for relative in run.get("fifos", []):
+                (workdir / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.mkfifo(workdir / relative, 0o600)
             env = {key: fill(value, urls) for key, value in run["env"].items()}
             argv = [fill(argument, urls) for argument in run["argv"]]
             started = time.monotonic()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "incident", *argv],
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             try:
-                done = subprocess.run(
-                    [sys.executable, "-m", "incident", *argv],
-                    cwd=workdir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=RUN_TIMEOUT,
-                )
-                returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
-            except subprocess.TimeoutExpired as expired:
+                if run.get("interrupt"):
+                    # Ctrl-C once the call to this sink is under way.
+                    sink = sinks[run["interrupt"]]
+                    while time.monotonic() - started < RUN_TIMEOUT / 2:
+                        with sink.lock:
+                            if sink.requests:
+                                break
+                        time.sleep(0.05)
+                    time.sleep(0.3)
+                    process.send_signal(signal.SIGINT)
+                stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+                returncode = process.returncode
+            except subprocess.TimeoutExpired:
+                process.kill()  # by its PID
+                stdout, stderr = process.communicate()
                 returncode = f"killed after {RUN_TIMEOUT} s"
-                stdout = str(expired.stdout or "")
-                stderr = str(expired.stderr or "")
             elapsed = time.monotonic() - started
             files = {
                 str(path.relative_to(workdir)): path.read_text()
                 for path in sorted(workdir.glob("**/*"))
-                if path.is_file() and path.parts[len(workdir.parts)] != "secrets"
+                if path.is_file()
+                and not path.is_fifo()
+                and path.parts[len(workdir.parts)] != "secrets"
             }
             with sinks["pagerduty"].lock, sinks["slack"].lock:
                 requests = {name: list(sink.requests) for name, sink in sinks.items()}
@@ -789,6 +833,233 @@ def test_report_only_needs_no_credentials(
     assert "Slack: skipped (--no-slack)" in communication
 
 
+def subdir(tmp_path: Path, name: str) -> Path:
+    """A fresh directory for one more scenario in the same test."""
+    path = tmp_path / name
+    path.mkdir()
+    return path
+
+
+DUPLICATE_KEY = {
+    "status": 400,
+    "body": json.dumps(
+        {
+            "error": {
+                "message": "Invalid Input Provided",
+                "code": 2001,
+                "errors": [
+                    "Open incident with matching dedup key already exists on "
+                    "this service"
+                ],
+            }
+        }
+    ),
+}
+
+
+def test_a_retry_refused_as_a_duplicate_confirms_the_page(tmp_path: Path) -> None:
+    argv = [*OPEN, "--severity", "critical", "--description", "Lost answer"]
+    run = with_files([*argv, "--timeout", "0.5", "--attempts", "3"])
+    # The first request creates the incident but answers after the client's
+    # timeout; the retry, with the same incident_key, is refused.
+    [result] = scenario(
+        subdir(tmp_path, "lost"),
+        [run],
+        pagerduty=[{**CREATED, "delay": 2}, DUPLICATE_KEY],
+    )
+    assert result["returncode"] == 0, result
+    assert result["stderr"] == ""
+    pages = result["requests"]["pagerduty"]
+    assert len(pages) == 2 and pages[0]["body"] == pages[1]["body"]
+    _, report = only_report(result)
+    communication = section(report, "Communication")
+    assert "- PagerDuty: incident created (confirmed by duplicate-key rejection" in (
+        communication
+    )
+    assert "FAILED" not in report
+    assert "confirmed by duplicate-key rejection" in result["stdout"]
+    [message] = result["requests"]["slack"]
+    fields = {
+        field["title"]: field["value"]
+        for field in body(message)["attachments"][0]["fields"]
+    }
+    assert fields["PagerDuty"] == "paged"
+    assert_no_secrets(result)
+
+    # The same refusal of a first attempt is not ours: it stays a failure.
+    [first] = scenario(subdir(tmp_path, "first"), [run], pagerduty=[DUPLICATE_KEY])
+    assert first["returncode"] == 1, first
+    assert len(first["requests"]["pagerduty"]) == 1
+    assert "PagerDuty: **FAILED** (HTTP 400" in only_report(first)[1]
+
+
+def test_server_text_is_sanitised_on_stderr_and_in_the_report(tmp_path: Path) -> None:
+    hostile = (
+        "\x1b[2J\x1b]8;;https://evil.test\x07Click\x1b]8;;\x07 "
+        "\u202eevil\u202c \u2066iso\u2069 \x9b31m "
+        "[fake](https://evil.test) ![img](https://evil.test/x.png) <b>bold</b>"
+    )
+    error = {"error": {"message": "Bad", "errors": [hostile]}}
+    run = with_files([*OPEN, "--severity", "critical", "--description", "x"])
+    [failed] = scenario(
+        subdir(tmp_path, "error"),
+        [run],
+        pagerduty=[{"status": 400, "body": json.dumps(error)}],
+    )
+    created = {
+        "incident": {
+            "id": "P\x1b[31mX\u202eY [a](https://evil.test)",
+            "incident_number": 7,
+            "html_url": "https://sunday.pagerduty.test/x)[b](https://evil.test",
+        }
+    }
+    [succeeded] = scenario(
+        subdir(tmp_path, "created"),
+        [run],
+        pagerduty=[{"status": 201, "body": json.dumps(created)}],
+    )
+    unsafe = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    for result in (failed, succeeded):
+        _, report = only_report(result)
+        for where, text in (
+            ("stdout", result["stdout"]),
+            ("stderr", result["stderr"]),
+            ("report", report),
+        ):
+            assert not unsafe.search(text), f"{where}: {text!r}"
+        assert "](https://evil.test" not in report
+        assert "<b>" not in report
+        assert_no_secrets(result)
+    assert failed["returncode"] == 1
+    [line] = stderr_lines(failed)
+    assert "Click" in line and "evil" in line  # the text stays, made inert
+    assert r"\[fake\]\(https://evil.test\)" in only_report(failed)[1]
+    assert succeeded["returncode"] == 0, succeeded
+    communication = section(only_report(succeeded)[1], "Communication")
+    # ESC and the override are gone; "[31m" is left as inert, escaped text.
+    assert r"P\[31mXY \[a\]\(https://evil.test\) #7 created" in communication
+    assert "sunday.pagerduty.test" not in communication  # the bad link is dropped
+
+
+def test_a_trickling_server_cannot_outlast_the_deadline(tmp_path: Path) -> None:
+    run = with_files(
+        [
+            *OPEN,
+            "--severity",
+            "critical",
+            "--description",
+            "Trickle",
+            "--timeout",
+            "1",
+            "--attempts",
+            "2",
+        ]
+    )
+    # Each would take far longer than the timeout: a byte every 0.25 s, first
+    # from the status line on, then from the body on.
+    long = json.dumps({"error": {"message": "x" * 200}})
+    [result] = scenario(
+        tmp_path,
+        [run],
+        pagerduty=[
+            {"status": 503, "body": long, "trickle": "start"},
+            {"status": 503, "body": long, "trickle": "body"},
+        ],
+    )
+    assert result["returncode"] == 1, result
+    assert len(result["requests"]["pagerduty"]) == 2
+    # 2 attempts of 1 s, 0.5 s between them, plus start-up and Slack.
+    assert result["elapsed"] < 2 * 1 + 0.5 + 2.5, result["elapsed"]
+    [line] = stderr_lines(result)
+    assert "HTTP 503 after 2 attempts" in line
+    assert "answer cut off after 1 s" in line
+    assert len(result["requests"]["slack"]) == 1
+    assert_no_secrets(result)
+
+
+def test_ctrl_c_during_a_call_is_recorded_and_exits_130(tmp_path: Path) -> None:
+    run = with_files(
+        [*OPEN, "--severity", "critical", "--description", "Stop", "--timeout", "20"]
+    )
+    run["interrupt"] = "pagerduty"
+    [result] = scenario(tmp_path, [run], pagerduty=[{**CREATED, "delay": 15}])
+    assert result["returncode"] == 130, result
+    assert result["elapsed"] < 10
+    assert "Traceback" not in result["stderr"]
+    [line] = stderr_lines(result)
+    assert line.startswith("incident: interrupted during the PagerDuty call"), line
+    _, report = only_report(result)
+    communication = section(report, "Communication")
+    assert (
+        "- PagerDuty: interrupted (the request may have reached PagerDuty; "
+        "check before retrying)" in communication
+    )
+    assert "- Slack: not sent (interrupted)" in communication
+    assert "pending" not in report
+    assert result["requests"]["slack"] == []
+    assert_no_secrets(result)
+
+
+def test_a_non_ascii_email_is_a_usage_error_before_anything(tmp_path: Path) -> None:
+    argv = ["open", "--severity", "critical", "--description", "x"]
+    runs = [
+        with_files([*argv, "--service-id", "PSVC001", "--from-email", email])
+        for email in ("oncäll@sunday.test", "oncall@例え.test", "on call@x.test")
+    ]
+    runs.append(with_files([*argv, "--service-id", "PSVC001"]))
+    runs[-1]["env"]["PAGERDUTY_FROM_EMAIL"] = "oncall@sündäy.test"
+    results = scenario(tmp_path, runs)
+    for result in results:
+        assert result["returncode"] == 2, result
+        assert result["requests"] == {"pagerduty": [], "slack": []}
+        assert reports(result) == {}
+        assert "Traceback" not in result["stderr"]
+        for value in ("oncäll", "例え", "on call", "sündäy"):
+            assert value not in result["stderr"]
+    assert "--from-email: must be an ASCII email address" in results[0]["stderr"]
+    assert "not an ASCII email address" in results[-1]["stderr"]
+
+
+def test_argparse_errors_never_echo_a_value(tmp_path: Path) -> None:
+    secret = f"s3cr3t-{secrets.token_hex(12)}"  # nothing the pre-check knows
+    rest = ["--description", "x", "--no-pagerduty", "--no-slack"]
+    attempts = [
+        [secret, "--severity", "critical", *rest],
+        ["open", "--severity", secret, *rest],
+        ["open", "--severity", "info", "--timeout", secret, *rest],
+        ["open", "--severity", "info", "--attempts", secret, *rest],
+        ["open", "--severity", "info", "--from-email", secret, *rest],
+        ["open", "--severity", "info", f"--dry-run={secret}", *rest],
+    ]
+    results = scenario(tmp_path, [with_files(argv) for argv in attempts])
+    for result in results:
+        assert result["returncode"] == 2, result
+        assert secret not in result["stderr"] + result["stdout"], result["stderr"]
+        assert secret[:10] not in result["stderr"]
+        assert "error:" in result["stderr"]
+        assert reports(result) == {}
+    assert "invalid choice (not shown" in results[0]["stderr"]
+    assert "choose from critical, warning, info" in results[1]["stderr"]
+    assert "argument --timeout: must be a number" in results[2]["stderr"]
+    assert "argument --attempts: must be 1 to 5" in results[3]["stderr"]
+
+
+def test_a_fifo_as_a_token_file_is_refused(tmp_path: Path) -> None:
+    run = with_files([*OPEN, "--severity", "critical", "--description", "x"])
+    run["env"]["PAGERDUTY_API_TOKEN_FILE"] = "secrets/fifo"
+    run["fifos"] = ["secrets/fifo"]
+    [result] = scenario(tmp_path, [run])
+    assert result["returncode"] == 2, result
+    assert result["elapsed"] < 10
+    [line] = stderr_lines(result)
+    assert line == (
+        "incident: error: PagerDuty API token: PAGERDUTY_API_TOKEN_FILE "
+        "(secrets/fifo) is not a regular file"
+    )
+    assert result["requests"] == {"pagerduty": [], "slack": []}
+    assert reports(result) == {}
+
+
 # --- in-process units (no network) ------------------------------------------
 
 
@@ -855,6 +1126,25 @@ def test_flags_that_merely_mention_auth_in_a_value_are_allowed() -> None:
     )
     with pytest.raises(incident.UsageError, match="refusing --api-key"):
         incident.refuse_credential_arguments(["open", "--api-key", "x"])
+
+
+def test_duplicate_key_rejections_are_recognised() -> None:
+    def rejected(message: str) -> bool:
+        text = json.dumps({"error": {"message": "Invalid", "errors": [message]}})
+        return incident.is_duplicate_key_rejection(400, text.encode())
+
+    assert rejected("Open incident with matching dedup key already exists")
+    assert rejected("Incident Key already exists for an open incident")
+    assert not rejected("Requester User Not Found")
+    assert not rejected("Incident Key is too long")
+    assert incident.is_duplicate_key_rejection(409, b"")
+    assert not incident.is_duplicate_key_rejection(500, DUPLICATE_KEY["body"].encode())
+
+
+def test_clean_text_and_markdown_escape() -> None:
+    text = "a\x1b[31mb\x07c\u202ed\u2066e\x9bf\tg"
+    assert incident.clean_text(text) == "a[31mbcdef g"
+    assert incident.markdown_escape("[x](y) <z> !") == r"\[x\]\(y\) \<z\> \!"
 
 
 if __name__ == "__main__":
