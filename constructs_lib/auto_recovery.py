@@ -35,10 +35,11 @@ digest, before relying on it in production.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from constructs import Construct
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from constructs_lib.common import (
     DnsLabel,
@@ -75,6 +76,66 @@ ACTIVE_DEADLINE_SECONDS = 240
 """Each kubectl call gives up after 20 seconds, so a run over a few
 namespaces ends well within this; one that hangs longer is killed."""
 
+MIN_COOLDOWN_SECONDS = 300
+"""Neither cooldown may be shorter than 5m: a Deployment restarted or scaled
+needs minutes to roll out, and a shorter cooldown would act again on a
+picture the last action has not changed yet."""
+
+SCALED_AT_ANNOTATION = "monitoring.sunday.com/auto-recovery-scaled-at"
+"""Set on a Deployment, to the time (UTC, RFC 3339), each time the job scales
+it; the scale cooldown reads it. The script writes the same name."""
+
+# The five fields of a CronJob schedule (robfig/cron's standard parser,
+# which the CronJob controller uses): name, lowest, highest.
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 6),
+)
+_CRON_ITEM = re.compile(r"^(\*|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?$")
+
+
+def _cron_field(schedule: str, text: str, name: str, low: int, high: int) -> None:
+    """Raise ValueError unless ``text`` is a valid cron field."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"schedule {schedule!r}: {name} field {text!r} {why} (each field is "
+            f"'*' or a number from {low} to {high}, a range 'N-M', or a list "
+            "of them separated by ',', each optionally with a step '/S', S > 0)"
+        )
+
+    for item in text.split(","):
+        match = _CRON_ITEM.match(item)
+        if match is None:
+            raise bad(f"has an invalid part {item!r}")
+        _, first, last, step = match.groups()
+        if step is not None and int(step) == 0:
+            raise bad("has a step of 0")
+        if step is not None and first is not None and last is None:
+            raise bad(f"has a step on a single number in {item!r}; use 'N-M/S'")
+        for number in (first, last):
+            if number is not None and not low <= int(number) <= high:
+                raise bad(f"has {number}, outside {low}-{high}")
+        if first is not None and last is not None and int(first) > int(last):
+            raise bad(f"has the range {first}-{last}, which runs backwards")
+
+
+def validate_schedule(schedule: str) -> str:
+    """Return ``schedule`` if it is a five-field numeric cron schedule."""
+    fields = schedule.split(" ")
+    if len(fields) != len(_CRON_FIELDS) or "" in fields:
+        raise ValueError(
+            f"schedule {schedule!r} must be five fields separated by single "
+            "spaces: minute hour day-of-month month day-of-week"
+        )
+    for text, (name, low, high) in zip(fields, _CRON_FIELDS, strict=True):
+        _cron_field(schedule, text, name, low, high)
+    return schedule
+
+
 # System namespaces hold the cluster's own components, which this job must
 # not restart or scale.
 _SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease"}
@@ -83,8 +144,10 @@ _SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease"}
 # every read is a list in one namespace; `kubectl rollout restart` gets the
 # Deployment and patches its pod template; `kubectl scale
 # --current-replicas` gets the Deployment, then gets and updates its scale
-# subresource. tests/auto_recovery/fake_kubectl.py cites the sources, and
-# the tests compare these rules with the requests the script makes.
+# subresource; `kubectl annotate`, which records when it scaled, gets the
+# Deployment and patches its metadata. tests/auto_recovery/fake_kubectl.py
+# cites the sources, and the tests compare these rules with the requests the
+# script makes.
 _READS: list[tuple[str, str, tuple[str, ...]]] = [
     ("", "pods", ("list",)),
     ("apps", "replicasets", ("list",)),
@@ -116,9 +179,12 @@ class AutoRecoverySettings(StrictModel):
     )
     schedule: str = Field(
         default="* * * * *",
-        pattern=r"^[0-9*/,-]+( [0-9*/,-]+){4}$",
         description="When the job runs, as a five-field cron schedule of "
-        "numbers. Defaults to every minute, as in the design.",
+        "numbers: each field '*', a number within the field's range (minute "
+        "0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-6), a "
+        "range 'N-M', or a comma-separated list of these, each optionally "
+        "with a step '/S' (S > 0). Defaults to every minute, as in the "
+        "design.",
     )
     image: Image = Field(
         default="docker.io/bitnamilegacy/kubectl:1.27.14",
@@ -146,13 +212,25 @@ class AutoRecoverySettings(StrictModel):
     restart_cooldown: DurationOrZero = Field(
         default="30m",
         description="Leave a Deployment restarted (by the job or anyone) less "
-        "than this long ago alone. Defaults to 30m.",
+        "than this long ago alone. At least 5m. Defaults to 30m.",
     )
     scale_cooldown: DurationOrZero = Field(
         default="10m",
-        description="Leave a Deployment whose newest pod is younger than this "
-        "alone, so that each added replica settles before the next. "
-        "Defaults to 10m.",
+        description="Leave a Deployment the job scaled less than this long "
+        f"ago (its {SCALED_AT_ANNOTATION} annotation) alone, so that each "
+        "added replica settles before the next. At least 5m. Defaults to 10m.",
+    )
+    max_restarts_per_run: int = Field(
+        default=3,
+        ge=1,
+        description="Restart at most this many Deployments in one run; the "
+        "rest are logged as skipped and wait for a later run. Defaults to 3.",
+    )
+    max_scales_per_run: int = Field(
+        default=3,
+        ge=1,
+        description="Scale at most this many Deployments in one run; the rest "
+        "are logged as skipped and wait for a later run. Defaults to 3.",
     )
     resources: Resources = Field(
         default=Resources(
@@ -164,6 +242,22 @@ class AutoRecoverySettings(StrictModel):
         description="Container resources. kubectl's start-up (API discovery) "
         "is the peak.",
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_is_cron(cls, value: str) -> str:
+        return validate_schedule(value)
+
+    @field_validator("restart_cooldown", "scale_cooldown")
+    @classmethod
+    def _cooldown_is_long_enough(cls, value: str, info: ValidationInfo) -> str:
+        if duration_seconds(value) < MIN_COOLDOWN_SECONDS:
+            raise ValueError(
+                f"{info.field_name} must be at least 5m, not {value!r}: a "
+                "shorter cooldown acts again before the last change has "
+                "rolled out"
+            )
+        return value
 
     @model_validator(mode="after")
     def _namespaces_are_apps(self) -> AutoRecoverySettings:
@@ -204,6 +298,8 @@ def script_environment(settings: AutoRecoverySettings) -> dict[str, str]:
             int(duration_seconds(settings.restart_cooldown))
         ),
         "SCALE_COOLDOWN_SECONDS": str(int(duration_seconds(settings.scale_cooldown))),
+        "MAX_RESTARTS_PER_RUN": str(settings.max_restarts_per_run),
+        "MAX_SCALES_PER_RUN": str(settings.max_scales_per_run),
     }
 
 

@@ -19,28 +19,43 @@
 #   MAX_REPLICAS              never scale a Deployment above this
 #   RESTART_COOLDOWN_SECONDS  do not restart a Deployment restarted (by this
 #                             job or anyone) less than this long ago
-#   SCALE_COOLDOWN_SECONDS    do not scale a Deployment whose newest pod is
-#                             younger than this: its last change has not
-#                             settled yet
+#   SCALE_COOLDOWN_SECONDS    do not scale a Deployment this job scaled less
+#                             than this long ago, as recorded in its
+#                             monitoring.sunday.com/auto-recovery-scaled-at
+#                             annotation (a blocked replica adds no pod, so
+#                             pod ages cannot tell)
+#   MAX_RESTARTS_PER_RUN      restart at most this many Deployments per run
+#   MAX_SCALES_PER_RUN        scale at most this many Deployments per run
 #
 # What counts:
-#   unhealthy  a pod that is neither Running nor Succeeded, or whose
-#              container (init or not) waits in CrashLoopBackOff
-#   failing    a Failed or CrashLoopBackOff pod of a Deployment's ReplicaSet
-#              that still has replicas; a Failed pod left behind by an old
-#              ReplicaSet is not the Deployment's current state, and
-#              restarting it again would not remove it
+#   unhealthy  a pod of a Deployment in NAMESPACES (owned by a ReplicaSet the
+#              Deployment owns) whose ReplicaSet is current (replicas > 0),
+#              and that either has a container (init or not) waiting in
+#              CrashLoopBackOff, or is Failed for a reason other than
+#              Evicted, Shutdown, NodeShutdown, Terminated, NodeAffinity or
+#              OutOfpods. Those reasons mean the node or the kubelet removed
+#              or refused the pod; its ReplicaSet has already made a
+#              replacement, and a restart cannot help. Pending pods, pods of
+#              old ReplicaSets, of Jobs, StatefulSets or no owner are not
+#              counted. A Deployment is restarted only while it has such pods.
 #   hot        a container using more than MEMORY_THRESHOLD_PERCENT of its
 #              memory limit, usage from the metrics API (metrics-server),
 #              both sides converted to bytes; a container without a memory
 #              limit has nothing to compare against and is left alone
 #
-# Every decision is one line on stdout, reason last:
+# Every decision is one line on stdout, reason last. A restartedAt or
+# scaled-at annotation that is not an RFC 3339 time is treated as absent,
+# and one more than FUTURE_TOLERANCE_SECONDS (5m) ahead of now is ignored
+# (it would otherwise block that Deployment for ever); either gets a warning
+# line when it is consulted:
 #   auto-recovery: restart namespace=N deployment=D before="revision 4"
 #     after="revision 5" reason="..."
 #   auto-recovery: scale namespace=N deployment=D before=3 after=4 reason="..."
 #   auto-recovery: dry-run: would scale namespace=N deployment=D before=3 ...
 #   auto-recovery: skip scale namespace=N deployment=D replicas=10 reason="..."
+#   auto-recovery: skip restart namespace=N deployment=D replicas=3
+#     reason="skipped: limit reached (3 restarts per run); ..."
+#   auto-recovery: warning namespace=N deployment=D replicas=3 reason="..."
 #   auto-recovery: done namespaces="a b" unhealthy=7 restarted=1 scaled=1 ...
 # and every failure is one line on stderr:
 #   auto-recovery: error: kubectl get pods -n N failed (exit 1): <kubectl's message>
@@ -59,6 +74,12 @@ TAB=$(printf '\t')
 # Each call gives up after this, so a hung API server cannot hold the job
 # past its activeDeadlineSeconds with nothing logged.
 REQUEST_TIMEOUT=20s
+# Written on a Deployment each time the job scales it; the scale cooldown
+# reads it.
+SCALED_AT=monitoring.sunday.com/auto-recovery-scaled-at
+# A recorded time at most this far in the future is believed (clock skew);
+# a later one is ignored.
+FUTURE_TOLERANCE_SECONDS=300
 
 log() {
     printf 'auto-recovery: %s\n' "$*"
@@ -84,6 +105,8 @@ whole_number MEMORY_THRESHOLD_PERCENT "${MEMORY_THRESHOLD_PERCENT-}"
 whole_number MAX_REPLICAS "${MAX_REPLICAS-}"
 whole_number RESTART_COOLDOWN_SECONDS "${RESTART_COOLDOWN_SECONDS-}"
 whole_number SCALE_COOLDOWN_SECONDS "${SCALE_COOLDOWN_SECONDS-}"
+whole_number MAX_RESTARTS_PER_RUN "${MAX_RESTARTS_PER_RUN-}"
+whole_number MAX_SCALES_PER_RUN "${MAX_SCALES_PER_RUN-}"
 case ${DRY_RUN-} in
     true | false) ;;
     *) config_error "DRY_RUN must be 'true' or 'false', not '${DRY_RUN-}'" ;;
@@ -141,13 +164,14 @@ DEPLOYMENT_TEMPLATE='{range .items[*]}'\
 '{.metadata.namespace}{"\t"}{.metadata.name}{"\t"}{.spec.replicas}{"\t"}'\
 '{.metadata.annotations.deployment\.kubernetes\.io/revision}{"\t"}'\
 '{.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}{"\t"}'\
-'{.spec.paused}{"\n"}{end}'
+'{.spec.paused}{"\t"}'\
+'{.metadata.annotations.monitoring\.sunday\.com/auto-recovery-scaled-at}{"\n"}{end}'
 HPA_TEMPLATE='{range .items[*]}'\
 '{.metadata.namespace}{"\t"}{.metadata.name}{"\t"}'\
 '{.spec.scaleTargetRef.kind}{"\t"}{.spec.scaleTargetRef.name}{"\n"}{end}'
 POD_TEMPLATE='{range .items[*]}'\
 '{.metadata.namespace}{"\t"}{.metadata.name}{"\t"}{.status.phase}{"\t"}'\
-'{.metadata.creationTimestamp}{"\t"}{.metadata.deletionTimestamp}{"\t"}'\
+'{.status.reason}{"\t"}{.metadata.deletionTimestamp}{"\t"}'\
 '{.metadata.ownerReferences[*].kind}{"\t"}{.metadata.ownerReferences[*].name}{"\t"}'\
 '{.status.containerStatuses[*].state.waiting.reason} '\
 '{.status.initContainerStatuses[*].state.waiting.reason}{"\t"}'\
@@ -158,9 +182,9 @@ METRICS_TEMPLATE='{range .items[*]}'\
 
 # Reads the five files above, in that order, and prints the plan: one line
 # per decision, tab-separated, no field empty (the shell's read would merge
-# two tabs): kind, namespace, deployment, before, after, reason. Kinds:
-# restart, scale, skip-restart, skip-scale. It also writes the count of
-# unhealthy pods to unhealthy_file.
+# two tabs): kind, namespace, deployment, replicas, before, after, reason.
+# Kinds: restart, scale, skip-restart, skip-scale, warning. It also writes
+# the count of unhealthy pods to unhealthy_file.
 # shellcheck disable=SC2016 # an awk program: its $1 is awk's, not the shell's
 PLAN_PROGRAM='
 BEGIN { FS = "\t"; OFS = "\t" }
@@ -175,10 +199,15 @@ function epoch(ts,    y, m, d, secs, rest, off, era, yoe, doy, doe) {
         substr(ts, 11) !~ /^T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]/)
         return -1
     y = substr(ts, 1, 4) + 0; m = substr(ts, 6, 2) + 0; d = substr(ts, 9, 2) + 0
+    # Fields out of range make it malformed, not a time to compute with.
+    if (m < 1 || m > 12 || d < 1 || d > 31 || substr(ts, 12, 2) + 0 > 23 ||
+        substr(ts, 15, 2) + 0 > 59 || substr(ts, 18, 2) + 0 > 60)
+        return -1
     secs = substr(ts, 12, 2) * 3600 + substr(ts, 15, 2) * 60 + substr(ts, 18, 2)
     rest = substr(ts, 20)
     sub(/^\.[0-9]+/, "", rest)
     if (rest ~ /^[+-][0-9][0-9]:[0-9][0-9]$/) {
+        if (substr(rest, 2, 2) + 0 > 23 || substr(rest, 5, 2) + 0 > 59) return -1
         off = substr(rest, 2, 2) * 3600 + substr(rest, 5, 2) * 60
         if (substr(rest, 1, 1) == "+") secs -= off; else secs += off
     } else if (rest != "Z") {
@@ -203,8 +232,30 @@ function bytes(q,    n, unit) {
     return n * scale[unit]
 }
 
-function plan(kind, ns, deployment, before, after, reason) {
-    print kind, ns, deployment, before, after, reason
+function plan(kind, ns, deployment, before, after, reason,    key) {
+    key = ns SUBSEP deployment
+    print kind, ns, deployment, (key in known) ? replicas[key] : "-", before, after,
+        reason
+}
+
+# The time recorded in a Deployment annotation, or -1 when there is none to
+# go by: absent, not an RFC 3339 time, or more than future_tolerance seconds
+# ahead of now (which would hold the Deployment back for ever). The last two
+# are logged.
+function recorded(value, what, ns, deployment,    t) {
+    if (value == "") return -1
+    t = epoch(value)
+    if (t < 0) {
+        plan("warning", ns, deployment, "-", "-", what " " value " is not " \
+            "an RFC 3339 time; treated as absent, so no cooldown applies")
+        return -1
+    }
+    if (t > now + future_tolerance) {
+        plan("warning", ns, deployment, "-", "-", what " " value " is " \
+            (t - now) "s in the future, more than " future_tolerance "s; ignored")
+        return -1
+    }
+    return t
 }
 
 BEGIN {
@@ -214,6 +265,11 @@ BEGIN {
     scale["Ki"] = 1024; scale["Mi"] = 1024 ^ 2; scale["Gi"] = 1024 ^ 3
     scale["Ti"] = 1024 ^ 4; scale["Pi"] = 1024 ^ 5; scale["Ei"] = 1024 ^ 6
     unhealthy = 0
+    # Failed pods the node or kubelet removed or refused: their ReplicaSet
+    # has replaced them already, and a restart cannot help.
+    split("Evicted Shutdown NodeShutdown Terminated NodeAffinity OutOfpods",
+        reasons, " ")
+    for (i in reasons) replaced[reasons[i]] = 1
 }
 
 NF == 0 { next }
@@ -228,7 +284,7 @@ FILENAME == replicaset_file {
     next
 }
 
-# namespace, name, replicas, revision, restartedAt, paused
+# namespace, name, replicas, revision, restartedAt, paused, scaled-at
 FILENAME == deployment_file {
     key = $1 SUBSEP $2
     known[key] = 1
@@ -236,6 +292,7 @@ FILENAME == deployment_file {
     revision[key] = $4
     restarted_at[key] = $5
     paused[key] = $6
+    scaled_at[key] = $7
     next
 }
 
@@ -245,13 +302,13 @@ FILENAME == hpa_file {
     next
 }
 
-# namespace, name, phase, created, deleting, owner kinds, owner names,
+# namespace, name, phase, phase reason, deleting, owner kinds, owner names,
 # waiting reasons, container=limit pairs
 FILENAME == pod_file {
     if ($5 != "") next
-    ns = $1; pod = $2; phase = $3
+    ns = $1; pod = $2; phase = $3; pod_reason = $4
     crashloop = (" " $8 " " ~ / CrashLoopBackOff /)
-    if (phase != "Succeeded" && (phase != "Running" || crashloop)) unhealthy++
+    failed = (phase == "Failed" && !(pod_reason in replaced))
     replicaset = ""
     owners = split($6, kinds, " "); split($7, names, " ")
     for (i = 1; i <= owners; i++)
@@ -261,14 +318,13 @@ FILENAME == pod_file {
     if (deployment != "") {
         key = ns SUBSEP deployment
         pod_deployment[ns SUBSEP pod] = deployment
-        created = epoch($4)
-        if (created > newest[key]) newest[key] = created
-        if ((phase == "Failed" || crashloop) &&
-            replicaset_replicas[ns SUBSEP replicaset] > 0) {
+        if ((failed || crashloop) && replicaset_replicas[ns SUBSEP replicaset] > 0) {
+            unhealthy++
             failing[key]++
             if (failing[key] <= 3)
                 failing_pods[key] = failing_pods[key] (failing[key] > 1 ? ", " : "") \
-                    pod " (" (crashloop ? "CrashLoopBackOff" : "Failed") ")"
+                    pod " (" (crashloop ? "CrashLoopBackOff" : "Failed" \
+                    (pod_reason != "" ? ": " pod_reason : "")) ")"
         }
     }
     containers = split($9, pairs, " ")
@@ -312,18 +368,24 @@ END {
         reason = failing[key] " failing pod(s): " failing_pods[key] \
             (failing[key] > 3 ? ", ..." : "")
         current = (key in known) ? replicas[key] : "-"
-        if (unhealthy <= unhealthy_threshold)
+        if (unhealthy <= unhealthy_threshold) {
             plan("skip-restart", part[1], part[2], current, current,
                 unhealthy " unhealthy pod(s), restarts start above " \
                 unhealthy_threshold "; " reason)
-        else if (!(key in known))
+            continue
+        }
+        if (!(key in known)) {
             plan("skip-restart", part[1], part[2], "-", "-",
                 "Deployment not found; " reason)
-        else if (paused[key] == "true")
+            continue
+        }
+        if (paused[key] == "true") {
             plan("skip-restart", part[1], part[2], current, current,
                 "Deployment is paused; " reason)
-        else if (epoch(restarted_at[key]) >= 0 &&
-                 now - epoch(restarted_at[key]) < restart_cooldown)
+            continue
+        }
+        last = recorded(restarted_at[key], "restartedAt", part[1], part[2])
+        if (last >= 0 && now - last < restart_cooldown)
             plan("skip-restart", part[1], part[2], current, current,
                 "restarted at " restarted_at[key] ", within the cooldown of " \
                 restart_cooldown "s; " reason)
@@ -337,19 +399,26 @@ END {
     for (key in hottest) {
         split(key, part, SUBSEP)
         current = replicas[key]
-        if (!(key in known))
+        if (!(key in known)) {
             plan("skip-scale", part[1], part[2], "-", "-",
                 "Deployment not found; " hot_reason[key])
-        else if (key in autoscaler)
+            continue
+        }
+        if (key in autoscaler) {
             plan("skip-scale", part[1], part[2], current, current,
                 "scaled by HorizontalPodAutoscaler " autoscaler[key] "; " \
                 hot_reason[key])
-        else if (current + 1 > max_replicas)
+            continue
+        }
+        if (current + 1 > max_replicas) {
             plan("skip-scale", part[1], part[2], current, current,
                 "at the cap of " max_replicas " replicas; " hot_reason[key])
-        else if (newest[key] > 0 && now - newest[key] < scale_cooldown)
+            continue
+        }
+        last = recorded(scaled_at[key], "scaled-at", part[1], part[2])
+        if (last >= 0 && now - last < scale_cooldown)
             plan("skip-scale", part[1], part[2], current, current,
-                "newest pod is " (now - newest[key]) "s old, within the cooldown of " \
+                "scaled at " scaled_at[key] ", within the cooldown of " \
                 scale_cooldown "s; " hot_reason[key])
         else
             plan("scale", part[1], part[2], current, current + 1, hot_reason[key])
@@ -373,7 +442,7 @@ for ns in "$@"; do
     fi
 done
 
-awk -v now="$(date -u +%s)" \
+awk -v now="$(date -u +%s)" -v future_tolerance="$FUTURE_TOLERANCE_SECONDS" \
     -v unhealthy_threshold="$UNHEALTHY_THRESHOLD" \
     -v memory_threshold="$MEMORY_THRESHOLD_PERCENT" \
     -v max_replicas="$MAX_REPLICAS" \
@@ -394,14 +463,24 @@ restarted=0
 scaled=0
 skipped=0
 failed=0
+# Attempts, failed ones included, counted against the per-run limits.
+restarts_tried=0
+scales_tried=0
 mode=
 [ "$DRY_RUN" = true ] && mode="dry-run: would "
-while IFS=$TAB read -r kind ns deployment before after reason; do
+while IFS=$TAB read -r kind ns deployment replicas before after reason; do
     target="namespace=$ns deployment=$deployment"
     case $kind in
         restart)
             line="restart $target before=\"revision $before\""
             line="$line after=\"revision $after\" reason=\"$reason\""
+            if [ "$restarts_tried" -ge "$MAX_RESTARTS_PER_RUN" ]; then
+                log "skip restart $target replicas=$replicas reason=\"skipped:" \
+                    "limit reached ($MAX_RESTARTS_PER_RUN restarts per run); $reason\""
+                skipped=$((skipped + 1))
+                continue
+            fi
+            restarts_tried=$((restarts_tried + 1))
             if [ "$DRY_RUN" = true ]; then
                 log "$mode$line"
                 restarted=$((restarted + 1))
@@ -415,9 +494,23 @@ while IFS=$TAB read -r kind ns deployment before after reason; do
             ;;
         scale)
             line="scale $target before=$before after=$after reason=\"$reason\""
+            if [ "$scales_tried" -ge "$MAX_SCALES_PER_RUN" ]; then
+                log "skip scale $target replicas=$replicas reason=\"skipped:" \
+                    "limit reached ($MAX_SCALES_PER_RUN scales per run); $reason\""
+                skipped=$((skipped + 1))
+                continue
+            fi
+            scales_tried=$((scales_tried + 1))
             if [ "$DRY_RUN" = true ]; then
                 log "$mode$line"
                 scaled=$((scaled + 1))
+            # The time is recorded first: a scale is never made without it,
+            # and one that then fails still waits out the cooldown.
+            elif ! act annotate "deployment/$deployment" -n "$ns" --overwrite \
+                "$SCALED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; then
+                error "$line failed: could not record $SCALED_AT (kubectl exit" \
+                    "$status): $(message "$work/err")"
+                failed=$((failed + 1))
             # --current-replicas makes the API server refuse the change if
             # someone else scaled the Deployment since it was read.
             elif act scale "deployment/$deployment" -n "$ns" \
@@ -430,8 +523,11 @@ while IFS=$TAB read -r kind ns deployment before after reason; do
             fi
             ;;
         skip-*)
-            log "skip ${kind#skip-} $target replicas=$before reason=\"$reason\""
+            log "skip ${kind#skip-} $target replicas=$replicas reason=\"$reason\""
             skipped=$((skipped + 1))
+            ;;
+        warning)
+            log "warning $target replicas=$replicas reason=\"$reason\""
             ;;
     esac
 done <"$work/plan.sorted"

@@ -36,6 +36,7 @@ from constructs_lib.auto_recovery import (
     ACTIVE_DEADLINE_SECONDS,
     KUBECTL_UID,
     NAME,
+    SCALED_AT_ANNOTATION,
     SCRIPT,
     SCRIPT_DIR,
     SCRIPT_KEY,
@@ -63,7 +64,8 @@ IMAGE_PROGRAMS = {
     "rm": "rm",
     "sort": "sort",
 }
-MUTATING = (("rollout", "restart"), ("scale",))
+MUTATING = (("rollout", "restart"), ("scale",), ("annotate",))
+_SCALED_AT_VALUE = re.compile(rf"({re.escape(SCALED_AT_ANNOTATION)}=)\S+")
 _NOW = re.compile(r"^NOW-([0-9]+)s(?:([+-])([0-9]{2}):([0-9]{2}))?$")
 FORBIDDEN = (
     "Error from server (Forbidden): pods is forbidden: User "
@@ -156,12 +158,18 @@ class Run:
 
     @property
     def changes(self) -> list[str]:
-        """The mutating kubectl commands, as words without global flags."""
+        """The mutating kubectl commands, as words without global flags; the
+        time an annotate call records reads TIME."""
         return [
-            " ".join(words(call))
+            _SCALED_AT_VALUE.sub(r"\1TIME", " ".join(words(call)))
             for call in self.calls
             if any(tuple(words(call)[: len(m)]) == m for m in MUTATING)
         ]
+
+    @property
+    def scales(self) -> list[str]:
+        """The scale commands only."""
+        return [change for change in self.changes if change.startswith("scale ")]
 
     def deployment(self, namespace: str, name: str) -> dict:
         """A Deployment as the fake left it, after the run's changes."""
@@ -181,10 +189,24 @@ class Run:
         annotations = template["metadata"].get("annotations", {})
         return annotations.get("kubectl.kubernetes.io/restartedAt")
 
+    def scaled_at(self, namespace: str, name: str) -> str | None:
+        annotations = self.deployment(namespace, name)["metadata"].get(
+            "annotations", {}
+        )
+        return annotations.get(SCALED_AT_ANNOTATION)
+
+
+def annotate(namespace: str, name: str) -> str:
+    """The change recording that the job scaled a Deployment."""
+    return (
+        f"annotate deployment/{name} -n {namespace} --overwrite "
+        f"{SCALED_AT_ANNOTATION}=TIME"
+    )
+
 
 def steady(text: str) -> str:
     """Log text without ages, which the clock moves between two runs."""
-    return re.sub(r"newest pod is [0-9]+s old", "newest pod is Ns old", text)
+    return re.sub(r"is [0-9]+s in the future", "is Ns in the future", text)
 
 
 def words(call: dict) -> list[str]:
@@ -318,16 +340,16 @@ def test_failing_deployments_are_restarted_once_each(run, shell: str) -> None:
     ]
     assert result.lines("restart") == [
         "auto-recovery: restart namespace=shop deployment=api "
-        'before="revision 3" after="revision 4" reason="9 unhealthy pod(s), '
+        'before="revision 3" after="revision 4" reason="6 unhealthy pod(s), '
         "above 5; 3 failing pod(s): api-6d4cf-k2x9p (CrashLoopBackOff), "
-        'api-6d4cf-q7m4w (CrashLoopBackOff), api-6d4cf-z8r2n (Failed)"',
+        'api-6d4cf-q7m4w (CrashLoopBackOff), api-6d4cf-h5v2c (CrashLoopBackOff)"',
         "auto-recovery: restart namespace=shop deployment=worker "
-        'before="revision 12" after="revision 13" reason="9 unhealthy pod(s), '
-        "above 5; 2 failing pod(s): worker-84c6d-5lq8v (Failed), "
-        'worker-84c6d-t6c1m (CrashLoopBackOff)"',
+        'before="revision 12" after="revision 13" reason="6 unhealthy pod(s), '
+        "above 5; 3 failing pod(s): worker-84c6d-5lq8v (Failed), "
+        'worker-84c6d-t6c1m (CrashLoopBackOff), worker-84c6d-8vj3q (Failed)"',
     ]
     assert result.lines("done") == [
-        'auto-recovery: done namespaces="shop billing" unhealthy=9 restarted=2 '
+        'auto-recovery: done namespaces="shop billing" unhealthy=6 restarted=2 '
         "scaled=0 skipped=0 failed=0 dry_run=false"
     ]
     assert result.restarted_at("shop", "api") is not None
@@ -336,7 +358,7 @@ def test_failing_deployments_are_restarted_once_each(run, shell: str) -> None:
 
 
 def test_no_restart_until_more_pods_than_the_threshold_are_unhealthy(run) -> None:
-    result = run("failing", config=settings(unhealthy_threshold=9))
+    result = run("failing", config=settings(unhealthy_threshold=6))
 
     assert result.status == 0, result.stderr
     assert result.changes == []
@@ -345,7 +367,7 @@ def test_no_restart_until_more_pods_than_the_threshold_are_unhealthy(run) -> Non
         "auto-recovery: skip restart namespace=shop deployment=worker replicas=2",
     ]
     assert all(
-        'reason="9 unhealthy pod(s), restarts start above 9;' in line
+        'reason="6 unhealthy pod(s), restarts start above 6;' in line
         for line in result.lines("skip")
     )
 
@@ -358,10 +380,15 @@ def test_a_deployment_near_its_memory_limit_gets_one_more_replica(
     assert result.status == 0, result.stderr
     # Two hot pods of api, one scale; --current-replicas guards against a
     # concurrent change.
-    assert sorted(result.changes) == [
-        "scale deployment/api -n shop --current-replicas=3 --replicas=4",
+    # Each scale is preceded by recording its time on the Deployment.
+    assert result.changes == [
+        annotate("billing", "ledger"),
         "scale deployment/ledger -n billing --current-replicas=2 --replicas=3",
+        annotate("shop", "api"),
+        "scale deployment/api -n shop --current-replicas=3 --replicas=4",
     ]
+    assert result.scaled_at("shop", "api") is not None
+    assert result.scaled_at("shop", "cart") is None
     assert result.replicas("shop", "api") == 4
     assert result.replicas("billing", "ledger") == 3
     assert result.replicas("shop", "cart") == 1
@@ -397,7 +424,7 @@ def test_a_deployment_an_autoscaler_targets_is_never_scaled(run, shell: str) -> 
     result = run("hpa", shell=shell)
 
     assert result.status == 0, result.stderr
-    assert result.changes == [
+    assert result.scales == [
         "scale deployment/cart -n shop --current-replicas=1 --replicas=2"
     ]
     (skip,) = result.lines("skip")
@@ -411,7 +438,7 @@ def test_no_deployment_is_scaled_past_the_cap(run, shell: str) -> None:
     result = run("cap", shell=shell)
 
     assert result.status == 0, result.stderr
-    assert result.changes == [
+    assert result.scales == [
         "scale deployment/cart -n shop --current-replicas=9 --replicas=10"
     ]
     (skip,) = result.lines("skip")
@@ -430,6 +457,7 @@ def test_recently_changed_deployments_are_left_to_settle(run, shell: str) -> Non
 
     assert result.status == 0, result.stderr
     assert sorted(result.changes) == [
+        annotate("shop", "search"),
         "rollout restart deployment/worker -n shop",
         "scale deployment/search -n shop --current-replicas=2 --replicas=3",
     ]
@@ -440,19 +468,309 @@ def test_recently_changed_deployments_are_left_to_settle(run, shell: str) -> Non
     ]
     assert "-05:00, within the cooldown of 1800s;" in skips[0]
     assert re.search(
-        r'reason="newest pod is 1[2-9][0-9]s old, within the cooldown '
-        r"of 600s;",
-        skips[1],
+        r'reason="scaled at [0-9T:-]+Z, within the cooldown of 600s;', skips[1]
     )
 
-    # Without cooldowns, everything that qualifies is acted on.
-    eager = run("cooldown", config=settings(restart_cooldown="0s", scale_cooldown="0s"))
+    # Without cooldowns (the settings refuse less than 5m; the script takes
+    # any number), everything that qualifies is acted on.
+    eager = run(
+        "cooldown",
+        env={"RESTART_COOLDOWN_SECONDS": "0", "SCALE_COOLDOWN_SECONDS": "0"},
+    )
     assert sorted(eager.changes) == [
+        annotate("shop", "cart"),
+        annotate("shop", "search"),
         "rollout restart deployment/api -n shop",
         "rollout restart deployment/worker -n shop",
         "scale deployment/cart -n shop --current-replicas=2 --replicas=3",
         "scale deployment/search -n shop --current-replicas=2 --replicas=3",
     ]
+
+
+def test_leftovers_of_an_old_replicaset_do_not_trigger_a_restart(
+    run, shell: str
+) -> None:
+    result = run("leftover_evicted", shell=shell)
+
+    assert result.status == 0, result.stderr
+    assert result.changes == []
+    assert result.lines("skip") == [
+        "auto-recovery: skip restart namespace=shop deployment=api replicas=2 "
+        'reason="1 unhealthy pod(s), restarts start above 5; 1 failing pod(s): '
+        'api-6d4cf-q7m4w (CrashLoopBackOff)"'
+    ]
+    assert result.lines("done")[0].startswith(
+        'auto-recovery: done namespaces="shop billing" unhealthy=1 restarted=0'
+    )
+
+
+def test_an_evicted_pod_of_a_healthy_deployment_is_not_a_failure(
+    run, shell: str
+) -> None:
+    result = run("evicted_current", shell=shell)
+
+    assert result.status == 0, result.stderr
+    assert result.changes == ["rollout restart deployment/worker -n shop"]
+    assert result.lines("skip") == []
+    assert result.lines("done")[0].startswith(
+        'auto-recovery: done namespaces="shop billing" unhealthy=6 restarted=1'
+    )
+
+
+def test_failed_job_pods_are_ignored(run, shell: str) -> None:
+    result = run("job_pods", shell=shell)
+
+    assert result.status == 0, result.stderr
+    assert result.changes == []
+    (skip,) = result.lines("skip")
+    assert 'reason="1 unhealthy pod(s), restarts start above 5;' in skip
+    assert "invoices" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("reason", "counted"),
+    [
+        ("Evicted", False),
+        ("Shutdown", False),
+        ("NodeShutdown", False),
+        ("Terminated", False),
+        ("NodeAffinity", False),
+        ("OutOfpods", False),
+        ("UnexpectedAdmissionError", True),
+        ("", True),
+    ],
+)
+def test_only_failed_pods_kubernetes_did_not_replace_count(
+    run, reason: str, counted: bool
+) -> None:
+    state = cluster("evicted_current")
+    (evicted,) = [
+        p for p in state["objects"]["pods"] if p["metadata"]["name"].endswith("z8r2n")
+    ]
+    evicted["status"] = (
+        {"phase": "Failed", "reason": reason} if reason else {"phase": "Failed"}
+    )
+    result = run(state, config=settings(unhealthy_threshold=0))
+
+    api = "rollout restart deployment/api -n shop"
+    assert (api in result.changes) is counted
+    expected = 7 if counted else 6
+    assert f"unhealthy={expected} " in result.lines("done")[0]
+
+
+def test_a_blocked_replica_is_not_scaled_again_within_the_cooldown(
+    run, shell: str
+) -> None:
+    # A quota or admission webhook refuses the added pod: no new pod, so only
+    # the recorded time can hold the next run back.
+    first = run("memory", shell=shell)
+    assert first.replicas("shop", "api") == 4
+    scaled_at = first.scaled_at("shop", "api")
+    assert scaled_at is not None
+
+    for _ in range(2):
+        again = run(first.state, shell=shell)
+        assert again.status == 0, again.stderr
+        assert again.changes == []
+        assert again.replicas("shop", "api") == 4
+        assert again.scaled_at("shop", "api") == scaled_at
+        assert any(
+            line.startswith(
+                "auto-recovery: skip scale namespace=shop deployment=api replicas=4 "
+                f'reason="scaled at {scaled_at}, within the cooldown of 600s;'
+            )
+            for line in again.lines("skip")
+        )
+
+    # Once the cooldown has passed, one more replica.
+    state = first.state
+    for obj in state["objects"]["deployments"]:
+        if SCALED_AT_ANNOTATION in obj["metadata"].get("annotations", {}):
+            old = datetime.now(UTC) - timedelta(seconds=601)
+            obj["metadata"]["annotations"][SCALED_AT_ANNOTATION] = old.strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+    later = run(state, shell=shell)
+    assert "scale deployment/api -n shop --current-replicas=4 --replicas=5" in (
+        later.scales
+    )
+
+
+def crash_looping(count: int) -> dict:
+    """A cluster of ``count`` Deployments, each with one crash-looping pod,
+    or with a pod at 95% of its memory limit."""
+    objects: dict[str, list[dict]] = {
+        "deployments": [],
+        "replicasets": [],
+        "pods": [],
+        "podmetrics": [],
+        "horizontalpodautoscalers": [],
+    }
+    for i in range(count):
+        name = f"app{i:03d}"
+        owner = {"apiVersion": "apps/v1", "controller": True}
+        objects["deployments"].append(
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": "shop",
+                    "annotations": {"deployment.kubernetes.io/revision": "1"},
+                },
+                "spec": {"replicas": 1, "template": {"metadata": {}}},
+            }
+        )
+        objects["replicasets"].append(
+            {
+                "metadata": {
+                    "name": f"{name}-rs",
+                    "namespace": "shop",
+                    "ownerReferences": [{**owner, "kind": "Deployment", "name": name}],
+                },
+                "spec": {"replicas": 1},
+            }
+        )
+        objects["pods"].append(
+            {
+                "metadata": {
+                    "name": f"{name}-rs-p",
+                    "namespace": "shop",
+                    "ownerReferences": [
+                        {**owner, "kind": "ReplicaSet", "name": f"{name}-rs"}
+                    ],
+                },
+                "spec": {
+                    "containers": [
+                        {"name": "c", "resources": {"limits": {"memory": "100Mi"}}}
+                    ]
+                },
+                "status": {
+                    "phase": "Running",
+                    "containerStatuses": [
+                        {
+                            "name": "c",
+                            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        }
+                    ],
+                },
+            }
+        )
+        objects["podmetrics"].append(
+            {
+                "metadata": {"name": f"{name}-rs-p", "namespace": "shop"},
+                "containers": [{"name": "c", "usage": {"memory": "95Mi"}}],
+            }
+        )
+    return {"objects": objects, "failures": []}
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["live", "dry-run"])
+def test_each_run_restarts_and_scales_at_most_its_limit(run, dry_run: bool) -> None:
+    result = run(crash_looping(300), config=settings(dry_run=dry_run))
+
+    assert result.status == 0, result.stderr
+    prefix = "dry-run: would " if dry_run else ""
+    restarts = result.lines(f"{prefix}restart")
+    scales = result.lines(f"{prefix}scale")
+    assert [line.split(" before=")[0] for line in restarts] == [
+        f"auto-recovery: {prefix}restart namespace=shop deployment=app00{i}"
+        for i in range(3)
+    ]
+    assert len(scales) == 3
+    if not dry_run:
+        assert len([c for c in result.changes if c.startswith("rollout ")]) == 3
+        assert len(result.scales) == 3
+    limited = [line for line in result.lines("skip") if "limit reached" in line]
+    assert len(limited) == 2 * 297
+    assert limited[0].startswith(
+        "auto-recovery: skip restart namespace=shop deployment=app003 replicas=1 "
+        'reason="skipped: limit reached (3 restarts per run); 300 unhealthy pod(s)'
+    )
+    assert any("limit reached (3 scales per run); pod " in line for line in limited)
+    assert result.lines("done")[0].startswith(
+        'auto-recovery: done namespaces="shop billing" unhealthy=300 '
+        "restarted=3 scaled=3 skipped=594 failed=0"
+    )
+
+    wider = run(
+        crash_looping(10),
+        config=settings(dry_run=dry_run, max_restarts_per_run=5, max_scales_per_run=1),
+    )
+    assert "restarted=5 scaled=1 skipped=14 " in wider.lines("done")[0]
+
+
+@pytest.mark.parametrize(
+    ("value", "warning"),
+    [
+        (
+            "yesterday",
+            "restartedAt yesterday is not an RFC 3339 time; treated as "
+            "absent, so no cooldown applies",
+        ),
+        ("2024-13-01T09:00:00Z", "restartedAt 2024-13-01T09:00:00Z is not an"),
+        ("2024-03-01T09:00:00+99:99", "restartedAt 2024-03-01T09:00:00+99:99 is not"),
+    ],
+)
+def test_a_malformed_restart_time_is_logged_and_gives_no_cooldown(
+    run, shell: str, value: str, warning: str
+) -> None:
+    state = cluster("cooldown")
+    api = next(
+        d for d in state["objects"]["deployments"] if d["metadata"]["name"] == "api"
+    )
+    api["spec"]["template"]["metadata"]["annotations"][
+        "kubectl.kubernetes.io/restartedAt"
+    ] = value
+    result = run(state, shell=shell)
+
+    assert result.status == 0, result.stderr
+    assert "rollout restart deployment/api -n shop" in result.changes
+    (line,) = result.lines("warning")
+    assert line.startswith(
+        "auto-recovery: warning namespace=shop deployment=api replicas=3 reason="
+    )
+    assert warning in line
+
+
+@pytest.mark.parametrize(
+    ("ahead", "restarted"), [(3600, True), (86400 * 365 * 10, True), (120, False)]
+)
+def test_a_restart_time_far_in_the_future_is_ignored(
+    run, shell: str, ahead: int, restarted: bool
+) -> None:
+    state = cluster("cooldown")
+    api = next(
+        d for d in state["objects"]["deployments"] if d["metadata"]["name"] == "api"
+    )
+    future = datetime.now(UTC) + timedelta(seconds=ahead)
+    api["spec"]["template"]["metadata"]["annotations"][
+        "kubectl.kubernetes.io/restartedAt"
+    ] = future.strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = run(state, shell=shell)
+
+    assert result.status == 0, result.stderr
+    assert ("rollout restart deployment/api -n shop" in result.changes) is restarted
+    warnings = result.lines("warning")
+    if restarted:
+        (line,) = warnings
+        assert re.search(r"s in the future, more than 300s; ignored\"$", line), line
+    else:
+        # Within five minutes: clock skew, believed; api is in its cooldown.
+        assert warnings == []
+
+
+def test_a_malformed_scale_time_is_logged_and_gives_no_cooldown(run) -> None:
+    state = cluster("cooldown")
+    cart = next(
+        d for d in state["objects"]["deployments"] if d["metadata"]["name"] == "cart"
+    )
+    cart["metadata"]["annotations"][SCALED_AT_ANNOTATION] = "soon"
+    result = run(state)
+
+    assert "scale deployment/cart -n shop --current-replicas=2 --replicas=3" in (
+        result.scales
+    )
+    (line,) = result.lines("warning")
+    assert "deployment=cart" in line and "scaled-at soon is not an RFC 3339" in line
 
 
 @pytest.mark.parametrize("scenario", ["failing", "memory", "cooldown"])
@@ -516,7 +834,7 @@ def test_without_metrics_only_the_memory_check_is_skipped(run) -> None:
     failures[0]["namespace"] = "shop"
     scales = run(cluster("memory", failures))
     assert scales.status == 1
-    assert scales.changes == [
+    assert scales.scales == [
         "scale deployment/ledger -n billing --current-replicas=2 --replicas=3"
     ]
 
@@ -530,10 +848,10 @@ def test_without_metrics_only_the_memory_check_is_skipped(run) -> None:
             'error: deployments.apps "api" can\'t restart paused deployment (run '
             "rollout resume first)",
             "auto-recovery: error: restart namespace=shop deployment=api "
-            'before="revision 3" after="revision 4" reason="9 unhealthy pod(s), '
+            'before="revision 3" after="revision 4" reason="6 unhealthy pod(s), '
             "above 5; 3 failing pod(s): api-6d4cf-k2x9p (CrashLoopBackOff), "
-            'api-6d4cf-q7m4w (CrashLoopBackOff), api-6d4cf-z8r2n (Failed)" '
-            "failed (kubectl exit 1): ",
+            "api-6d4cf-q7m4w (CrashLoopBackOff), api-6d4cf-h5v2c "
+            '(CrashLoopBackOff)" failed (kubectl exit 1): ',
         ),
         (
             "memory",
@@ -553,8 +871,9 @@ def test_a_failed_change_is_logged_and_the_others_still_made(
     assert result.status == 1
     assert result.stderr.splitlines() == [line + message]
     attempted = " ".join(command)
-    assert any(change.startswith(attempted) for change in result.changes)
-    made = [change for change in result.changes if not change.startswith(attempted)]
+    tried = [c for c in result.changes if not c.startswith("annotate ")]
+    assert any(change.startswith(attempted) for change in tried)
+    made = [change for change in tried if not change.startswith(attempted)]
     assert len(made) == 1
     assert result.lines("done")[0].endswith("failed=1 dry_run=false")
 
@@ -643,9 +962,23 @@ def test_roles_grant_exactly_what_the_script_requests(run, dry_run: bool) -> Non
         assert grants[namespace] == requests, namespace
     if dry_run:
         assert {verb for _, _, verb in requests} == {"list"}
+        assert not any(words(c)[0] == "annotate" for r in runs for c in r.calls)
     else:
         assert ("apps", "deployments", "patch") in requests
         assert ("apps", "deployments/scale", "update") in requests
+        # Recording the scale time (kubectl annotate: get and patch of the
+        # Deployment) needs nothing the restart does not already need.
+        annotations = [
+            request
+            for result in runs
+            for call in result.calls
+            if words(call)[0] == "annotate"
+            for request in call["requests"]
+        ]
+        assert {(r["group"], r["resource"], r["verb"]) for r in annotations} == {
+            ("apps", "deployments", "get"),
+            ("apps", "deployments", "patch"),
+        }
 
 
 def test_the_roles_are_bound_to_the_jobs_account_only(objects: list[dict]) -> None:
@@ -736,7 +1069,9 @@ def test_the_environment_carries_the_settings(dry_run: bool) -> None:
         max_replicas=6,
         memory_threshold_percent=90,
         restart_cooldown="1h",
-        scale_cooldown="0s",
+        scale_cooldown="5m",
+        max_restarts_per_run=2,
+        max_scales_per_run=4,
     )
     env = {e["name"]: e["value"] for e in container(synth(config)[1])["env"]}
     assert env == {
@@ -746,7 +1081,9 @@ def test_the_environment_carries_the_settings(dry_run: bool) -> None:
         "MEMORY_THRESHOLD_PERCENT": "90",
         "MAX_REPLICAS": "6",
         "RESTART_COOLDOWN_SECONDS": "3600",
-        "SCALE_COOLDOWN_SECONDS": "0",
+        "SCALE_COOLDOWN_SECONDS": "300",
+        "MAX_RESTARTS_PER_RUN": "2",
+        "MAX_SCALES_PER_RUN": "4",
         "HOME": "/tmp",
     }
 
@@ -760,6 +1097,19 @@ def test_defaults_report_before_they_act() -> None:
     assert config.image == "docker.io/bitnamilegacy/kubectl:1.27.14"
     assert (config.unhealthy_threshold, config.memory_threshold_percent) == (5, 80)
     assert config.max_replicas == 10
+    assert (config.max_restarts_per_run, config.max_scales_per_run) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    ["* * * * *", "*/5 * * * *", "0 0 1 1 0", "59 23 31 12 6", "0,30 8-18/2 * 1-6 1-5"],
+)
+def test_settings_accept_valid_schedules(schedule: str) -> None:
+    assert settings(schedule=schedule).schedule == schedule
+
+
+def test_the_script_records_the_annotation_the_module_names() -> None:
+    assert f"SCALED_AT={SCALED_AT_ANNOTATION}\n" in SCRIPT.read_text()
 
 
 @pytest.mark.parametrize(
@@ -770,7 +1120,25 @@ def test_defaults_report_before_they_act() -> None:
         ({"namespaces": ["shop", "kube-system"]}, "cluster's own components"),
         ({"namespaces": ["Shop"]}, "not a DNS label"),
         ({"image": "docker.io/bitnamilegacy/kubectl:latest"}, "moving tag"),
-        ({"schedule": "every minute"}, "String should match pattern"),
+        ({"schedule": "every minute"}, "must be five fields"),
+        ({"schedule": "*/5  * * * *"}, "must be five fields"),
+        ({"schedule": "99 99 99 99 99"}, "minute field '99' has 99, outside 0-59"),
+        ({"schedule": "0 24 * * *"}, "hour field '24' has 24, outside 0-23"),
+        ({"schedule": "0 0 0 * *"}, "day of month field '0' has 0, outside 1-31"),
+        ({"schedule": "0 0 * 13 *"}, "month field '13' has 13, outside 1-12"),
+        ({"schedule": "0 0 * * 7"}, "day of week field '7' has 7, outside 0-6"),
+        ({"schedule": "*/0 * * * *"}, "minute field '*/0' has a step of 0"),
+        ({"schedule": "- - - - -"}, "minute field '-' has an invalid part '-'"),
+        ({"schedule": "0 1,,2 * * *"}, "hour field '1,,2' has an invalid part ''"),
+        ({"schedule": "30-10 * * * *"}, "range 30-10, which runs backwards"),
+        ({"schedule": "5/15 * * * *"}, "step on a single number"),
+        ({"schedule": "* * * * MON"}, "day of week field 'MON' has an invalid"),
+        ({"restart_cooldown": "0s"}, "restart_cooldown must be at least 5m, not '0s'"),
+        ({"restart_cooldown": "4m59s"}, "restart_cooldown must be at least 5m"),
+        ({"scale_cooldown": "0s"}, "scale_cooldown must be at least 5m, not '0s'"),
+        ({"scale_cooldown": "1m"}, "scale_cooldown must be at least 5m"),
+        ({"max_restarts_per_run": 0}, "greater than or equal to 1"),
+        ({"max_scales_per_run": 0}, "greater than or equal to 1"),
         ({"memory_threshold_percent": 0}, "greater than or equal to 1"),
         ({"memory_threshold_percent": 101}, "less than or equal to 100"),
         ({"max_replicas": 0}, "greater than or equal to 1"),

@@ -11,6 +11,7 @@ relying on a command, flag or output format the tests do not check:
   in :mod:`kube_jsonpath`;
 * ``rollout restart deployment/NAME -n NS``;
 * ``scale deployment/NAME -n NS [--current-replicas=N] --replicas=M``;
+* ``annotate deployment/NAME -n NS --overwrite KEY=VALUE``;
 * ``--request-timeout=D`` anywhere.
 
 Every call must name its namespace: the job's Roles are per namespace, and a
@@ -21,8 +22,8 @@ Environment:
 ``FAKE_KUBECTL_STATE``
     A JSON file ``{"objects": {KEY: [objects]}, "failures": [...]}``, where
     KEY is ``pods``, ``replicasets``, ``deployments``,
-    ``horizontalpodautoscalers`` or ``podmetrics``. Restarts and scales are
-    written back to it. A failure ``{"args": [...], "namespace": NS,
+    ``horizontalpodautoscalers`` or ``podmetrics``. Restarts, scales and
+    annotations are written back to it. A failure ``{"args": [...], "namespace": NS,
     "stderr": TEXT, "exit": N}`` makes a call whose words start with
     ``args`` (in NS, if given) print TEXT to stderr and exit N.
 ``FAKE_KUBECTL_LOG``
@@ -45,7 +46,11 @@ What the real kubectl 1.27 requests, from its source:
   Deployment (the builder), then ``get`` and ``update`` of its ``scale``
   subresource, because a precondition is set; without
   ``--current-replicas`` it would ``patch`` the subresource instead
-  (cmd/scale/scale.go, scale/scale.go ``ScaleSimple``).
+  (cmd/scale/scale.go, scale/scale.go ``ScaleSimple``);
+* ``annotate deployment/NAME --overwrite KEY=VALUE``: ``get`` the
+  Deployment (the builder's ``Latest()``), then a merge ``patch`` of its
+  metadata (cmd/annotate/annotate.go ``RunAnnotate``). Without
+  ``--overwrite`` it refuses to change an annotation that is already set.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ _VALUE_FLAGS = {
     "--current-replicas": "current-replicas",
     "--replicas": "replicas",
 }
+_BOOLEAN_FLAGS = {"--overwrite": "overwrite"}
 
 
 class Refused(Exception):
@@ -123,6 +129,12 @@ def parse(argv: list[str]) -> tuple[list[str], dict[str, str]]:
             words.append(arg)
             continue
         name, has_value, value = arg.partition("=")
+        if name in _BOOLEAN_FLAGS and not has_value:
+            key = _BOOLEAN_FLAGS[name]
+            if key in flags:
+                raise Refused(f"flag {name} given twice")
+            flags[key] = "true"
+            continue
         if name not in _VALUE_FLAGS:
             raise Refused(f"flag {name}")
         if not has_value:
@@ -219,6 +231,24 @@ def run(words: list[str], flags: dict[str, str], state: dict) -> tuple[str, list
             )
         obj["spec"]["replicas"] = int(flags["replicas"])
         return f"deployment.apps/{name} scaled\n", requests
+    if words[:1] == ["annotate"] and len(words) == 3:
+        name = deployment_name(words[1])
+        key, has_value, value = words[2].partition("=")
+        if not has_value or not key or not value:
+            raise Refused(f"annotation {words[2]!r} (use KEY=VALUE)")
+        requests = [
+            request("get", "apps", "deployments", namespace, name),
+            request("patch", "apps", "deployments", namespace, name),
+        ]
+        obj = deployment(state, namespace, name)
+        annotations = obj["metadata"].setdefault("annotations", {})
+        if key in annotations and "overwrite" not in flags:
+            raise KubectlError(
+                f"error: --overwrite is false but found the following declared "
+                f"annotation(s): '{key}' already has a value ({annotations[key]})"
+            )
+        annotations[key] = value
+        return f"deployment.apps/{name} annotated\n", requests
     raise Refused(f"command {' '.join(words)!r}")
 
 
