@@ -93,6 +93,14 @@ class ReceiverSettings(StrictModel):
         "the always-firing Watchdog every 5 minutes and alarms when it stops. "
         "Defaults to none: the Watchdog is then dropped, not emailed.",
     )
+    runbook_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https://[^\s{}]+/$",
+        description="Where this repository is browsable, ending in '/', e.g. "
+        "'https://git.example.com/sunday/monitoring/blob/main/'. Prefixed to "
+        "each alert's runbook path in notifications so that it is a link. "
+        "Defaults to none: notifications name the path in the repository.",
+    )
     slack_channel: str = Field(
         default="#alerts",
         pattern=r"^#[a-z0-9_-]+$",
@@ -160,7 +168,7 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
         "Description: {{ .Annotations.description }}\n"
         "Environment: {{ .Labels.environment }}\n"
         "Severity: {{ .Labels.severity }}\n"
-        "Runbook: {{ .Annotations.runbook }}\n"
+        f"Runbook: {receivers.runbook_base_url or ''}{{{{ .Annotations.runbook }}}}\n"
         "{{ end }}"
     )
     return {

@@ -219,3 +219,20 @@ def test_watchdog_reaches_the_dead_mans_switch_when_one_is_set() -> None:
             for r in alertmanager_config(AlertmanagerSettings())["receivers"]
         }["heartbeat"]
     )
+
+
+def test_runbook_paths_become_links_with_a_base_url(tmp_path: Path) -> None:
+    from constructs_lib.alertmanager import AlertmanagerSettings, alertmanager_config
+
+    base = "https://git.example.invalid/sunday/monitoring/blob/main/"
+    config = alertmanager_config(
+        AlertmanagerSettings(receivers={"runbook_base_url": base})
+    )
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config))
+    receivers = {r["name"]: r for r in config["receivers"]}
+
+    assert f"Runbook: {base}{{{{ .Annotations.runbook }}}}" in (
+        receivers["default"]["email_configs"][0]["text"]
+    )
+    assert amtool("check-config", str(path)).returncode == 0
