@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -426,6 +426,23 @@ def service(
             ],
         ),
     )
+
+
+def rules_by_api_group(
+    resources: Iterable[tuple[str, str]], verbs: Sequence[str]
+) -> list[k8s.PolicyRule]:
+    """RBAC rules granting ``verbs`` on ``(api group, resource)`` pairs.
+
+    One rule per API group: a single rule listing several groups and
+    resources would grant every resource in every one of those groups.
+    """
+    by_group: dict[str, list[str]] = {}
+    for group, resource in sorted(set(resources)):
+        by_group.setdefault(group, []).append(resource)
+    return [
+        k8s.PolicyRule(api_groups=[group], resources=names, verbs=list(verbs))
+        for group, names in sorted(by_group.items())
+    ]
 
 
 def service_account(

@@ -26,6 +26,7 @@ from constructs_lib.common import (
     image_tag,
     metadata,
     pod_security,
+    rules_by_api_group,
     selector_labels,
     service,
     service_account,
@@ -126,21 +127,14 @@ class KubeStateMetrics(Construct):
         kinds = sorted(set(settings.kinds))
 
         service_account(self, "sa", name=NAME, namespace=namespace, labels=labels)
-        by_group: dict[str, list[str]] = {}
-        for kind in kinds:
-            group, resource = _KINDS[kind]
-            by_group.setdefault(group, []).append(resource)
         cluster_role = f"{NAME}-{namespace}"
         k8s.KubeClusterRole(
             self,
             "clusterrole",
             metadata=metadata(cluster_role, labels),
-            rules=[
-                k8s.PolicyRule(
-                    api_groups=[group], resources=resources, verbs=["list", "watch"]
-                )
-                for group, resources in sorted(by_group.items())
-            ],
+            rules=rules_by_api_group(
+                [_KINDS[kind] for kind in kinds], ["list", "watch"]
+            ),
         )
         k8s.KubeClusterRoleBinding(
             self,

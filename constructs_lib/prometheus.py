@@ -43,6 +43,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    rules_by_api_group,
     selector_labels,
     service,
     service_account,
@@ -742,16 +743,11 @@ class Prometheus(Construct):
 
 
 def _read_rules(resources: set[str]) -> list[k8s.PolicyRule]:
-    """One read-only rule per API group, so no group gains another's kinds."""
-    by_group: dict[str, list[str]] = {}
-    for resource in sorted(resources):
-        by_group.setdefault(_API_GROUP.get(resource, ""), []).append(resource)
-    return [
-        k8s.PolicyRule(
-            api_groups=[group], resources=names, verbs=["get", "list", "watch"]
-        )
-        for group, names in sorted(by_group.items())
-    ]
+    """Read-only rules on the resources service discovery watches."""
+    return rules_by_api_group(
+        [(_API_GROUP.get(resource, ""), resource) for resource in resources],
+        ["get", "list", "watch"],
+    )
 
 
 _API_GROUP = {"endpointslices": "discovery.k8s.io", "ingresses": "networking.k8s.io"}
