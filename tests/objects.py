@@ -14,3 +14,31 @@ def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     ]
     assert len(found) == 1, f"expected one {kind} {name!r}, found {len(found)}"
     return found[0]
+
+
+def pod_volume(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    """The volume called ``name`` of a pod spec."""
+    (found,) = [volume for volume in spec["volumes"] if volume["name"] == name]
+    return found
+
+
+def secret_file(
+    spec: dict[str, Any], container: dict[str, Any], path: str
+) -> tuple[str, str]:
+    """(Secret name, key) of the file at ``path``, through the container's mounts."""
+    for mount in container["volumeMounts"]:
+        directory = mount["mountPath"].rstrip("/")
+        if path.startswith(directory + "/"):
+            source = pod_volume(spec, mount["name"])["secret"]
+            file_name = path[len(directory) + 1 :]
+            (key,) = [i["key"] for i in source["items"] if i["path"] == file_name]
+            return source["secretName"], key
+    raise AssertionError(f"no mount provides {path}")
+
+
+def shell_script(container: dict[str, Any]) -> str:
+    """The script of a ``/bin/sh -c`` container, as the shell receives it."""
+    command = container["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    # Kubernetes turns "$$" into "$" before the shell sees the command.
+    return command[2].replace("$$", "$")

@@ -232,7 +232,8 @@ def test_runbook_paths_become_links_with_a_base_url(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     receivers = {r["name"]: r for r in config["receivers"]}
 
-    assert f"Runbook: {base}{{{{ .Annotations.runbook }}}}" in (
-        receivers["default"]["email_configs"][0]["text"]
+    assert (
+        f"Runbook: {base}{{{{ .Annotations.runbook }}}}"
+        in (receivers["default"]["email_configs"][0]["text"])
     )
     assert amtool("check-config", str(path)).returncode == 0

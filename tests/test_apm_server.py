@@ -45,7 +45,8 @@ from constructs_lib.errors import ConfigurationError
 from constructs_lib.filebeat import Filebeat, FilebeatSettings
 from constructs_lib.integrity import check_references
 from tests.conftest import elasticsearch_and_kibana, find_program
-from tests.objects import get
+from tests.objects import get, pod_volume, shell_script
+from tests.objects import secret_file as objects_secret_file
 
 NAMESPACE = "monitoring"
 VARIABLES = {"ES_PASSWORD", "APM_SECRET_TOKEN"}
@@ -89,27 +90,15 @@ def config(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def volume(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    (found,) = [v for v in pod(objects)["volumes"] if v["name"] == name]
-    return found
+    return pod_volume(pod(objects), name)
 
 
 def secret_file(objects: list[dict[str, Any]], path: str) -> tuple[str, str]:
-    """(Secret name, key) of the file at ``path``, through the pod's mounts."""
-    for mount in container(objects)["volumeMounts"]:
-        directory = mount["mountPath"].rstrip("/")
-        if path.startswith(directory + "/"):
-            source = volume(objects, mount["name"])["secret"]
-            name = path[len(directory) + 1 :]
-            (key,) = [i["key"] for i in source["items"] if i["path"] == name]
-            return source["secretName"], key
-    raise AssertionError(f"no mount provides {path}")
+    return objects_secret_file(pod(objects), container(objects), path)
 
 
 def script(objects: list[dict[str, Any]]) -> str:
-    command = container(objects)["command"]
-    assert command[:2] == ["/bin/sh", "-c"]
-    # Kubernetes turns "$$" into "$" before the shell sees the command.
-    return command[2].replace("$$", "$")
+    return shell_script(container(objects))
 
 
 # --- every object ------------------------------------------------------------

@@ -38,7 +38,8 @@ from constructs_lib.filebeat import (
 )
 from constructs_lib.integrity import check_references
 from tests.conftest import elasticsearch_and_kibana, find_program
-from tests.objects import get
+from tests.objects import get, pod_volume, shell_script
+from tests.objects import secret_file as objects_secret_file
 
 NAMESPACE = "monitoring"
 
@@ -76,25 +77,11 @@ def config(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def volume(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    (found,) = [v for v in pod(objects)["volumes"] if v["name"] == name]
-    return found
-
-
-def mount_of(objects: list[dict[str, Any]], path: str) -> dict[str, Any]:
-    """The mount that provides ``path``, and the volume behind it."""
-    for mount in container(objects)["volumeMounts"]:
-        if path.startswith(mount["mountPath"].rstrip("/") + "/"):
-            return {**mount, "volume": volume(objects, mount["name"])}
-    raise AssertionError(f"no mount provides {path}")
+    return pod_volume(pod(objects), name)
 
 
 def secret_file(objects: list[dict[str, Any]], path: str) -> tuple[str, str]:
-    """(Secret name, key) of the file at ``path``."""
-    found = mount_of(objects, path)
-    source = found["volume"]["secret"]
-    file_name = path[len(found["mountPath"].rstrip("/")) + 1 :]
-    (key,) = [item["key"] for item in source["items"] if item["path"] == file_name]
-    return source["secretName"], key
+    return objects_secret_file(pod(objects), container(objects), path)
 
 
 def host_paths(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -108,10 +95,7 @@ def host_paths(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def script(objects: list[dict[str, Any]]) -> str:
-    command = container(objects)["command"]
-    assert command[:2] == ["/bin/sh", "-c"]
-    # Kubernetes turns "$$" into "$" before the shell sees the command.
-    return command[2].replace("$$", "$")
+    return shell_script(container(objects))
 
 
 # --- every object ------------------------------------------------------------

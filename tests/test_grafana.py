@@ -32,7 +32,7 @@ from constructs_lib.grafana import (
     Grafana,
     GrafanaSettings,
 )
-from tests.objects import get
+from tests.objects import get, pod_volume
 
 NAMESPACE = "monitoring"
 PROMETHEUS = Endpoint("prometheus", 9090)
@@ -75,8 +75,7 @@ def mount_path(objects: list[dict[str, Any]], volume: str) -> str:
 
 
 def volume(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    (found,) = [vol for vol in pod(objects)["volumes"] if vol["name"] == name]
-    return found
+    return pod_volume(pod(objects), name)
 
 
 def config(objects: list[dict[str, Any]], config_map: str, key: str) -> Any:
