@@ -64,23 +64,16 @@ FLOOR_CODE = "import cdk8s, cdk8s_plus_27"
 
 
 def child_render(settings_dir: Path, outdir: Path) -> None:
-    """Render ``settings_dir`` like main.render, minus promtool; print phases.
+    """Run ``main.render`` without promtool, timing each phase.
 
-    Same steps as ``main.render`` (settings, charts, reference checks,
-    synth) except the two promtool runs, each phase timed; one JSON line
-    with the phase durations goes to stdout.
+    One JSON line with the phase durations goes to stdout.
     """
     started = time.perf_counter()
     sys.path.insert(0, str(ROOT))
     import constructs_lib  # noqa: F401  (quiets the JavaScript bridge first)
 
     # isort: split
-    from cdk8s import App, YamlOutputType
-
-    from charts.loader import load_environments
-    from charts.monitoring_chart import MonitoringChart
-    from constructs_lib.common import declared_secrets
-    from constructs_lib.integrity import check_references
+    from main import render
 
     phases: dict[str, float] = {}
     mark = time.perf_counter()
@@ -92,19 +85,11 @@ def child_render(settings_dir: Path, outdir: Path) -> None:
         phases[name] = phases.get(name, 0.0) + now - mark
         mark = now
 
-    environments = load_environments(settings_dir)
-    lap("settings")
-    app = App(outdir=str(outdir), yaml_output_type=YamlOutputType.FILE_PER_CHART)
-    for settings in environments:
-        chart = MonitoringChart(app, settings=settings)
-        lap("charts")
-        problems = check_references(chart.to_json(), declared_secrets(chart))
-        if problems:
-            raise SystemExit(f"environment {settings.environment!r}: {problems[0]}")
-        lap("references")
-    app.synth()
-    lap("synth")
-    print(json.dumps({"environments": len(environments), "phases": phases}))
+    try:
+        files = render(settings_dir, outdir, promtool=False, lap=lap)
+    except Exception as error:  # noqa: BLE001  (the parent reports the failure)
+        raise SystemExit(f"render failed: {error}") from None
+    print(json.dumps({"environments": len(files), "phases": phases}))
 
 
 def child_latency(params: dict[str, Any]) -> None:
