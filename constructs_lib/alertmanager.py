@@ -8,6 +8,7 @@ Secret through the ``*_file`` fields, and no secret value is ever rendered.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -288,6 +289,49 @@ def alertmanager_config(settings: AlertmanagerSettings) -> dict[str, Any]:
             }
         ],
     }
+
+
+_MATCHER = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*')
+
+
+def matcher_matches(matcher: str, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy one Alertmanager matcher such as ``a="b"``."""
+    found = _MATCHER.fullmatch(matcher)
+    if not found:
+        raise ValueError(f"matcher {matcher!r} is not name, operator, value")
+    name, op, value = found.groups()
+    actual = labels.get(name, "")
+    if op == "=":
+        return actual == value
+    if op == "!=":
+        return actual != value
+    hit = re.fullmatch(value, actual) is not None
+    return hit if op == "=~" else not hit
+
+
+def route_for(config: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    """Where Alertmanager sends an alert with ``labels``.
+
+    Walks the routing tree as Alertmanager does, first matching child at
+    each level (this configuration uses no ``continue``), and returns the
+    receiver, the inherited ``group_wait`` and the path taken.
+    """
+    route = dict(config["route"])
+    group_wait = route.get("group_wait", "30s")
+    path = ["route"]
+    while True:
+        for index, child in enumerate(route.get("routes", [])):
+            if all(matcher_matches(m, labels) for m in child.get("matchers", [])):
+                group_wait = child.get("group_wait", group_wait)
+                route = {**child, "receiver": child.get("receiver", route["receiver"])}
+                path.append(f"routes[{index}]")
+                break
+        else:
+            return {
+                "receiver": route["receiver"],
+                "group_wait": group_wait,
+                "path": path,
+            }
 
 
 class Alertmanager(Construct):

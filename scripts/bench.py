@@ -337,51 +337,6 @@ def seconds(duration: str | int | float) -> float:
     return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
-def _matches(matcher: str, labels: Mapping[str, str]) -> bool:
-    found = re.fullmatch(
-        r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*', matcher
-    )
-    if not found:
-        return False
-    name, op, value = found.groups()
-    actual = labels.get(name, "")
-    if op == "=":
-        return actual == value
-    if op == "!=":
-        return actual != value
-    hit = re.fullmatch(value, actual) is not None
-    return hit if op == "=~" else not hit
-
-
-def _route_matches(route: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    matchers = list(route.get("matchers", []))
-    matchers += [f'{k}="{v}"' for k, v in route.get("match", {}).items()]
-    matchers += [f'{k}=~"{v}"' for k, v in route.get("match_re", {}).items()]
-    return all(_matches(m, labels) for m in matchers)
-
-
-def alertmanager_route(config: Mapping[str, Any], labels: Mapping[str, str]) -> dict:
-    """The route an alert takes (first match, as Alertmanager walks it),
-    with group_wait inherited from its parents."""
-    route = dict(config["route"])
-    group_wait = route.get("group_wait", "30s")
-    path = ["route"]
-    while True:
-        for index, child in enumerate(route.get("routes", [])):
-            if _route_matches(child, labels):
-                group_wait = child.get("group_wait", group_wait)
-                child = {
-                    **child,
-                    "receiver": child.get("receiver", route.get("receiver")),
-                }
-                route = child
-                path.append(f"routes[{index}]")
-                break
-        else:
-            break
-    return {"receiver": route.get("receiver"), "group_wait": group_wait, "path": path}
-
-
 def _flag(args: Sequence[str], name: str, default: str) -> str:
     for arg in args:
         if arg.startswith(f"--{name}="):
@@ -433,7 +388,13 @@ def latency_bound(manifest: Path) -> dict[str, Any]:
         get("ConfigMap", "alertmanager-config")["data"]["alertmanager.yml"]
     )
     labels = {"alertname": LATENCY_ALERT, **rule.get("labels", {})}
-    route = alertmanager_route(alertmanager, labels)
+    sys.path.insert(0, str(ROOT))
+    import constructs_lib  # noqa: F401  (quiets the JavaScript bridge first)
+
+    # isort: split
+    from constructs_lib.alertmanager import route_for
+
+    route = route_for(alertmanager, labels)
     peers = get("StatefulSet", "alertmanager")
     args = next(
         c.get("args", [])

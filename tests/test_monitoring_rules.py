@@ -17,7 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from constructs_lib.alertmanager import AlertmanagerSettings, alertmanager_config
+from constructs_lib.alertmanager import (
+    AlertmanagerSettings,
+    alertmanager_config,
+    route_for,
+)
 from constructs_lib.rules import (
     check_with_promtool,
     default_rule_paths,
@@ -216,21 +220,6 @@ def test_the_heartbeat_always_fires_and_carries_nothing_to_route_on() -> None:
 
 # --- Routing ------------------------------------------------------------------
 
-_MATCHER = re.compile(r'^(\w+)(=~|!~|!=|=)"(.*)"$')
-
-
-def _matches(matcher: str, labels: dict[str, str]) -> bool:
-    found = _MATCHER.match(matcher)
-    assert found, matcher
-    name, op, value = found.groups()
-    actual = labels.get(name, "")
-    if op == "=":
-        return actual == value
-    if op == "!=":
-        return actual != value
-    matched = re.fullmatch(value, actual) is not None
-    return matched if op == "=~" else not matched
-
 
 def integrations_reached(
     labels: dict[str, str], settings: AlertmanagerSettings | None = None
@@ -241,13 +230,8 @@ def integrations_reached(
     (none of its routes use ``continue``), else the root receiver.
     """
     config = alertmanager_config(settings or AlertmanagerSettings())
-    route = config["route"]
-    receiver = route["receiver"]
-    for child in route.get("routes", []):
-        assert not child.get("continue"), "continue is not modelled here"
-        if all(_matches(m, labels) for m in child.get("matchers", [])):
-            receiver = child["receiver"]
-            break
+    assert not any(r.get("continue") for r in config["route"]["routes"])
+    receiver = route_for(config, labels)["receiver"]
     [found] = [r for r in config["receivers"] if r["name"] == receiver]
     return {key.removesuffix("_configs") for key in found if key.endswith("_configs")}
 
