@@ -7,6 +7,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# checkov, the suite's security scan, needs versions requirements.txt cannot
+# take, so it gets a venv of its own.
+CHECKOV_VENV := .venv-checkov
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # promtool checks the rules at every synth; the tests run the real programs.
@@ -25,6 +28,12 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements-checkov.txt
+	touch $@
+
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
@@ -32,7 +41,7 @@ node_modules/.installed: package.json package-lock.json
 setup: $(VENV)/.installed node_modules/.installed
 	@./scripts/install-debs.sh $(SYNTH_DEBS)
 
-setup-test: setup
+setup-test: setup $(CHECKOV_VENV)/.installed
 	@./scripts/install-debs.sh $(TEST_DEBS)
 
 # The check runs the same validation first, so a bad setting stops with one
@@ -53,4 +62,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf .build $(VENV) node_modules
+	rm -rf .build $(VENV) $(CHECKOV_VENV) node_modules

@@ -38,6 +38,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -480,6 +481,7 @@ class Alertmanager(Construct):
         alertmanager = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             args=args,
             env=env,
             ports=ports,

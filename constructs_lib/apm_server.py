@@ -59,6 +59,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -87,8 +88,9 @@ from imports import k8s
 
 NAME = "apm-server"
 PORT = 8200
-# The user and group the docker.elastic.co/apm/apm-server image runs as.
-APM_SERVER_USER = 1000
+# The image is built for uid 1000; it runs as a uid of its own above the
+# range hosts hand out (docs/security.md). It writes only to its data emptyDir.
+APM_SERVER_USER = 11002
 
 HOME = "/usr/share/apm-server"
 BINARY = f"{HOME}/apm-server"
@@ -499,6 +501,7 @@ class ApmServer(Construct):
         apm = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             # "$$" is Kubernetes' escape for a literal "$" in a command.
             command=["/bin/sh", "-c", script.replace("$(", "$$(")],
             ports=[container_port("http", PORT)],

@@ -54,6 +54,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     service_account,
     standard_labels,
 )
@@ -64,8 +65,9 @@ SCRIPT = Path(__file__).with_name("auto_recovery.sh")
 SCRIPT_KEY = "auto-recovery.sh"
 SCRIPT_DIR = "/opt/auto-recovery"
 TMP_DIR = "/tmp"
-KUBECTL_UID = 1001
-"""The Bitnami image's user; kubectl needs no /etc/passwd entry for it."""
+KUBECTL_UID = 11004
+"""A uid of its own above the range hosts hand out (docs/security.md), not
+the Bitnami image's 1001; kubectl needs no /etc/passwd entry for it."""
 
 STARTING_DEADLINE_SECONDS = 50
 """A run that cannot start within this of its minute is dropped: the next
@@ -357,6 +359,7 @@ class AutoRecovery(Construct):
         container = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             command=["/bin/sh", f"{SCRIPT_DIR}/{SCRIPT_KEY}"],
             env=[k8s.EnvVar(name=key, value=value) for key, value in env.items()],
             resources=settings.resources.to_k8s(),

@@ -25,6 +25,10 @@ MANAGED_BY = "cdk8s"
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 """Where Kubernetes mounts a pod's ServiceAccount token and cluster CA."""
+SERVICE_ACCOUNT_FILES = ("token", "ca.crt", "namespace")
+"""What in-cluster API clients read from :data:`SERVICE_ACCOUNT_DIR`."""
+KUBE_ROOT_CA = "kube-root-ca.crt"
+"""The ConfigMap Kubernetes keeps in every namespace: the API server's CA."""
 
 # The numeric user of the "nobody" account in the upstream Prometheus images.
 NOBODY = 65534
@@ -266,6 +270,19 @@ def image_tag(image: str) -> str:
     return image.split("@")[0].rsplit(":", 1)[1]
 
 
+def pull_policy(image: str) -> str:
+    """How the kubelet fetches ``image``: once for a digest, at each start for a tag.
+
+    A digest names fixed content, so a cached copy is that content. A tag can
+    be pushed again; ``Always`` makes the kubelet resolve it to a digest at
+    every container start (layers it already has are not fetched again), so
+    every node runs what the tag names now, and the registry checks the
+    node's pull credentials each time. The price is that starting a pod needs
+    the registry; pinning digests (docs/security.md) removes it.
+    """
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
 def selector_labels(name: str) -> dict[str, str]:
     """Labels a Service or workload selects its pods by. Never changes."""
     return {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": name}
@@ -383,6 +400,45 @@ def secret_volume(name: str, secret: str, keys: Sequence[str]) -> k8s.Volume:
             secret_name=secret,
             default_mode=0o440,
             items=[k8s.KeyToPath(key=key, path=key) for key in keys],
+        ),
+    )
+
+
+def service_account_token_volume(name: str) -> k8s.Volume:
+    """The files ``automountServiceAccountToken`` gives, as a volume.
+
+    Mounted at :data:`SERVICE_ACCOUNT_DIR` in only the container that calls
+    the API, it keeps the token out of the pod's other containers, which
+    automounting would give it to. The token is the bound, hour-long one the
+    kubelet rotates; clients re-read the file.
+    """
+    token, ca, namespace = SERVICE_ACCOUNT_FILES
+    return k8s.Volume(
+        name=name,
+        projected=k8s.ProjectedVolumeSource(
+            default_mode=0o440,
+            sources=[
+                k8s.VolumeProjection(
+                    service_account_token=k8s.ServiceAccountTokenProjection(path=token)
+                ),
+                k8s.VolumeProjection(
+                    config_map=k8s.ConfigMapProjection(
+                        name=KUBE_ROOT_CA, items=[k8s.KeyToPath(key=ca, path=ca)]
+                    )
+                ),
+                k8s.VolumeProjection(
+                    downward_api=k8s.DownwardApiProjection(
+                        items=[
+                            k8s.DownwardApiVolumeFile(
+                                path=namespace,
+                                field_ref=k8s.ObjectFieldSelector(
+                                    api_version="v1", field_path="metadata.namespace"
+                                ),
+                            )
+                        ]
+                    )
+                ),
+            ],
         ),
     )
 

@@ -79,6 +79,7 @@ from constructs_lib.common import (
     image_tag,
     metadata,
     mount,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -94,8 +95,10 @@ HTTP_PORT = elastic.ELASTICSEARCH.port
 TRANSPORT_PORT = 9300
 HTTP_PORT_NAME = "https"
 TRANSPORT_PORT_NAME = "transport"
-# The user and group the image is built to run as (its files are 1000:0).
-ELASTICSEARCH_USER = 1000
+# The image is built for uid 1000, but every file it needs is readable by
+# anyone and everything it writes is a mounted volume, so it runs as a uid of
+# its own above the range hosts hand out (>= 10000; docs/security.md).
+ELASTICSEARCH_USER = 11000
 
 HOME = "/usr/share/elasticsearch"
 CONFIG_DIR = f"{HOME}/config"
@@ -188,6 +191,12 @@ class ElasticsearchSettings(StrictModel):
         default="docker.elastic.co/elasticsearch/elasticsearch:8.5.0",
         description="Elasticsearch image. Defaults to 8.5.0, the release the "
         "design names; Kibana must run the same version.",
+    )
+    setup_image: Image = Field(
+        default="curlimages/curl:8.4.0",
+        description="Image of the elasticsearch-setup CronJob, which creates "
+        "the users, roles and index settings with curl. Any image with "
+        "/bin/sh and curl works.",
     )
     replicas: int = Field(
         default=3,
@@ -852,6 +861,7 @@ class Elasticsearch(Construct):
         prepare = k8s.Container(
             name="prepare-config",
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             command=["/bin/sh", "-c"],
             args=[
                 "set -eu\n"
@@ -885,6 +895,7 @@ class Elasticsearch(Construct):
         elasticsearch = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             # The image's entrypoint and command stay: they create the
             # keystore with the bootstrap password and start the node.
             env=[
@@ -986,7 +997,7 @@ class Elasticsearch(Construct):
 
 
 def _pod_security() -> k8s.PodSecurityContext:
-    """``common.pod_security`` for uid 1000, changing volume ownership once.
+    """``common.pod_security`` for its own uid, changing volume ownership once.
 
     ``OnRootMismatch``: a 100Gi data volume is re-owned by ``fsGroup`` only
     when its root is not already, not file by file at every start.

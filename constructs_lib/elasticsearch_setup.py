@@ -49,20 +49,22 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     service_account,
     standard_labels,
 )
-from constructs_lib.elasticsearch import declare_certs_secret
+from constructs_lib.elasticsearch import ElasticsearchSettings, declare_certs_secret
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.kibana import KIBANA
 from imports import k8s
 
 NAME = "elasticsearch-setup"
-DEFAULT_IMAGE = "curlimages/curl:8.4.0"
-# The curl_user and curl_group of the curlimages/curl image (Alpine).
-CURL_UID = 100
-CURL_GID = 101
+DEFAULT_IMAGE: str = ElasticsearchSettings.model_fields["setup_image"].default
+# curl needs no passwd entry, so the Job runs as a uid and gid of its own
+# above the range hosts hand out (docs/security.md), not the image's 100:101.
+CURL_UID = 11003
+CURL_GID = 11003
 
 SETUP_DIR = "/etc/elasticsearch-setup"
 CA_DIR = "/etc/elasticsearch-ca"
@@ -493,6 +495,7 @@ class ElasticsearchSetup(Construct):
         setup = k8s.Container(
             name="setup",
             image=image,
+            image_pull_policy=pull_policy(image),
             command=["/bin/sh", f"{SETUP_DIR}/{SETUP_SCRIPT}"],
             env=[k8s.EnvVar(name=key, value=value) for key, value in env.items()],
             resources=k8s.ResourceRequirements(

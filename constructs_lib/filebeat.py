@@ -60,6 +60,7 @@ from constructs_lib.common import (
     image_tag,
     metadata,
     mount,
+    pull_policy,
     selector_labels,
     service_account,
     standard_labels,
@@ -847,6 +848,7 @@ class Filebeat(Construct):
         filebeat = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             # "$$" is Kubernetes' escape for a literal "$" in a command.
             command=["/bin/sh", "-c", script.replace("$(", "$$(")],
             env=[

@@ -40,6 +40,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -52,8 +53,10 @@ from imports import k8s
 
 NAME = "grafana"
 PORT = 3000
-# The user and group the grafana/grafana image is built to run as.
-GRAFANA_USER = 472
+# The image is built for uid 472; it runs as a uid of its own above the range
+# hosts hand out (docs/security.md). Its data directory is the claim (group
+# writable through fsGroup) and it needs no passwd entry.
+GRAFANA_USER = 11005
 
 PROVISIONING_DIR = "/etc/grafana/provisioning"
 DATASOURCES_DIR = f"{PROVISIONING_DIR}/datasources"
@@ -316,6 +319,7 @@ class Grafana(Construct):
         grafana = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             env=[k8s.EnvVar(name=name, value=value) for name, value in env.items()],
             ports=[container_port("http", PORT)],
             resources=settings.resources.to_k8s(),

@@ -23,7 +23,12 @@ from urllib.parse import urlparse
 
 import yaml
 
-from constructs_lib.common import SERVICE_ACCOUNT_DIR, OperatorSecret
+from constructs_lib.common import (
+    KUBE_ROOT_CA,
+    SERVICE_ACCOUNT_DIR,
+    SERVICE_ACCOUNT_FILES,
+    OperatorSecret,
+)
 
 Doc = dict[str, Any]
 
@@ -162,36 +167,66 @@ class ChartIndex:
         claims: Mapping[tuple[str, str], Doc],
     ) -> list[str]:
         where = f"{owner} volume {volume['name']}"
+        if "projected" in volume:
+            problems = []
+            for source in volume["projected"].get("sources", []):
+                if "configMap" in source:
+                    problems += self._config_map(
+                        where, namespace, source["configMap"], config_maps
+                    )
+                if "secret" in source:
+                    problems += self._secret(where, namespace, source["secret"])
+            return problems
         if "configMap" in volume:
-            source = volume["configMap"]
-            config_map = config_maps.get((namespace, source["name"]))
-            if config_map is None:
-                return [f"{where}: ConfigMap {source['name']!r} is not rendered"]
-            data = config_map.get("data", {})
-            return [
-                f"{where}: ConfigMap {source['name']!r} has no key {item['key']!r}"
-                for item in source.get("items", [])
-                if item["key"] not in data
-            ]
+            return self._config_map(where, namespace, volume["configMap"], config_maps)
         if "secret" in volume:
             source = volume["secret"]
-            keys = self.secrets.get((namespace, source["secretName"]))
-            if keys is None:
-                return [
-                    f"{where}: Secret {source['secretName']!r} is neither "
-                    "rendered nor declared as one the operator creates"
-                ]
-            return [
-                f"{where}: Secret {source['secretName']!r} is not declared "
-                f"with the key {item['key']!r}"
-                for item in source.get("items", [])
-                if item["key"] not in keys
-            ]
+            return self._secret(
+                where, namespace, {**source, "name": source["secretName"]}
+            )
         if "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]["claimName"]
             if (namespace, claim) not in claims:
                 return [f"{where}: claim {claim!r} is not rendered"]
         return []
+
+    @staticmethod
+    def _config_map(
+        where: str,
+        namespace: str,
+        source: Doc,
+        config_maps: Mapping[tuple[str, str], Doc],
+    ) -> list[str]:
+        if source["name"] == KUBE_ROOT_CA:
+            # Kubernetes itself keeps this one in every namespace.
+            return [
+                f"{where}: ConfigMap {KUBE_ROOT_CA!r} has no key {item['key']!r}"
+                for item in source.get("items", [])
+                if item["key"] != "ca.crt"
+            ]
+        config_map = config_maps.get((namespace, source["name"]))
+        if config_map is None:
+            return [f"{where}: ConfigMap {source['name']!r} is not rendered"]
+        data = config_map.get("data", {})
+        return [
+            f"{where}: ConfigMap {source['name']!r} has no key {item['key']!r}"
+            for item in source.get("items", [])
+            if item["key"] not in data
+        ]
+
+    def _secret(self, where: str, namespace: str, source: Doc) -> list[str]:
+        keys = self.secrets.get((namespace, source["name"]))
+        if keys is None:
+            return [
+                f"{where}: Secret {source['name']!r} is neither "
+                "rendered nor declared as one the operator creates"
+            ]
+        return [
+            f"{where}: Secret {source['name']!r} is not declared "
+            f"with the key {item['key']!r}"
+            for item in source.get("items", [])
+            if item["key"] not in keys
+        ]
 
     def _files(
         self, where: str, spec: Doc, container: Doc, volumes: Mapping[str, Doc]
@@ -517,14 +552,29 @@ def _provided_files(
     provided: list[tuple[str, set[str] | None]] = []
     for mount in container.get("volumeMounts", []):
         volume = volumes.get(mount["name"], {})
-        items = None
-        for kind in ("secret", "configMap"):
-            if kind in volume and volume[kind].get("items"):
-                items = {item["path"] for item in volume[kind]["items"]}
-        provided.append((mount["mountPath"].rstrip("/"), items))
+        provided.append((mount["mountPath"].rstrip("/"), _volume_files(volume)))
     if spec.get("automountServiceAccountToken"):
-        provided.append((SERVICE_ACCOUNT_DIR, {"token", "ca.crt", "namespace"}))
+        provided.append((SERVICE_ACCOUNT_DIR, set(SERVICE_ACCOUNT_FILES)))
     return provided
+
+
+def _volume_files(volume: Doc) -> set[str] | None:
+    """The file names a volume provides, or None when it may hold any."""
+    for kind in ("secret", "configMap"):
+        if kind in volume and volume[kind].get("items"):
+            return {item["path"] for item in volume[kind]["items"]}
+    if "projected" in volume:
+        files: set[str] = set()
+        for source in volume["projected"].get("sources", []):
+            for kind in ("secret", "configMap", "downwardAPI"):
+                items = source.get(kind, {}).get("items")
+                if kind in source and not items:
+                    return None  # every key of a ConfigMap or Secret
+                files |= {item["path"] for item in items or []}
+            if "serviceAccountToken" in source:
+                files.add(source["serviceAccountToken"]["path"])
+        return files
+    return None
 
 
 def _covered(path: str, provided: Sequence[tuple[str, set[str] | None]]) -> bool:

@@ -45,6 +45,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     selector_labels,
     service,
     service_account,
@@ -1044,6 +1045,7 @@ class Jaeger(Construct):
         cleaner = k8s.Container(
             name=CLEANER,
             image=settings.index_cleaner_image,
+            image_pull_policy=pull_policy(settings.index_cleaner_image),
             command=[SHELL, "-c", script, CLEANER],
             args=args,
             resources=settings.index_cleaner_resources.to_k8s(),
@@ -1214,6 +1216,7 @@ class Jaeger(Construct):
         container = k8s.Container(
             name=name,
             image=image,
+            image_pull_policy=pull_policy(image),
             args=args,
             env=[k8s.EnvVar(name=key, value=value) for key, value in env.items()],
             ports=[container_port(port_name, port) for port_name, port in ports],

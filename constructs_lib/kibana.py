@@ -55,6 +55,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -72,8 +73,10 @@ from imports import k8s
 NAME = "kibana"
 PORT = 5601
 PORT_NAME = "http"
-# The user the kibana image is built to run as.
-KIBANA_UID = 1000
+# The image is built for uid 1000; it runs as a uid of its own above the
+# range hosts hand out (docs/security.md). Its files are readable by anyone and
+# it writes only to the mounted emptyDirs.
+KIBANA_UID = 11001
 
 KIBANA = Endpoint(NAME, PORT)
 """The Service other components (the setup Job's extra steps) reach Kibana at."""
@@ -467,6 +470,7 @@ class Kibana(Construct):
         kibana = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             # The image's entrypoint (tini) stays; the command becomes the
             # wrapper, which ends by exec-ing the image's own command.
             args=["/bin/sh", f"{TEMPLATE_DIR}/{START_SCRIPT}"],

@@ -26,6 +26,7 @@ from constructs_lib.common import (
     image_tag,
     metadata,
     pod_security,
+    pull_policy,
     rules_by_api_group,
     selector_labels,
     service,
@@ -153,6 +154,7 @@ class KubeStateMetrics(Construct):
         container = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             args=[
                 f"--port={PORT}",
                 f"--telemetry-port={TELEMETRY_PORT}",

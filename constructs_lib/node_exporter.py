@@ -26,6 +26,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     selector_labels,
     service_account,
     standard_labels,
@@ -77,6 +78,7 @@ class NodeExporter(Construct):
         exporter = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             args=[
                 "--path.procfs=/host/proc",
                 "--path.sysfs=/host/sys",

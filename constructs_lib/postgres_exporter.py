@@ -35,6 +35,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -265,6 +266,7 @@ class PostgresExporter(Construct):
         exporter = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             args=[f"--web.listen-address=:{PORT}"],
             env=[k8s.EnvVar(name=key, value=value) for key, value in env.items()],
             ports=[container_port("metrics", PORT)],

@@ -43,10 +43,12 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     rules_by_api_group,
     selector_labels,
     service,
     service_account,
+    service_account_token_volume,
     spread_across_nodes,
     standard_labels,
 )
@@ -57,6 +59,7 @@ from imports import k8s
 
 NAME = "prometheus"
 PORT = 9090
+TOKEN_VOLUME = "serviceaccount-token"
 CONFIG_DIR = "/etc/prometheus/config"
 RULES_DIR = "/etc/prometheus/rules"
 REPLICA_LABEL = "replica"
@@ -675,6 +678,7 @@ class Prometheus(Construct):
         prometheus = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             args=[
                 f"--config.file={CONFIG_DIR}/prometheus.yml",
                 f"--storage.tsdb.path={DATA_DIR}",
@@ -712,6 +716,9 @@ class Prometheus(Construct):
                 mount("config", CONFIG_DIR),
                 mount("rules", RULES_DIR),
                 mount("data", DATA_DIR, read_only=False),
+                # Service discovery and the kubelet scrape read the API with
+                # this token; the reloader beside it gets none.
+                mount(TOKEN_VOLUME, SERVICE_ACCOUNT_DIR),
             ],
         )
         sidecar = reloader_container(
@@ -726,8 +733,8 @@ class Prometheus(Construct):
             metadata=k8s.ObjectMeta(labels=dict(labels)),
             spec=k8s.PodSpec(
                 service_account_name=NAME,
-                # Service discovery reads the Kubernetes API with this token.
-                automount_service_account_token=True,
+                # The token is mounted into the prometheus container alone.
+                automount_service_account_token=False,
                 security_context=pod_security(NOBODY, fs_group=NOBODY),
                 termination_grace_period_seconds=120,
                 topology_spread_constraints=spread_across_nodes(
@@ -737,6 +744,7 @@ class Prometheus(Construct):
                 volumes=[
                     config_map_volume("config", f"{NAME}-config"),
                     config_map_volume("rules", f"{NAME}-rules"),
+                    service_account_token_volume(TOKEN_VOLUME),
                 ],
             ),
         )

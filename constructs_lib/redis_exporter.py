@@ -31,6 +31,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pod_security,
+    pull_policy,
     secret_volume,
     selector_labels,
     service,
@@ -173,6 +174,7 @@ class RedisExporter(Construct):
         exporter = k8s.Container(
             name=NAME,
             image=settings.image,
+            image_pull_policy=pull_policy(settings.image),
             args=args,
             ports=[container_port("metrics", PORT)],
             resources=settings.resources.to_k8s(),

@@ -19,6 +19,7 @@ from constructs_lib.common import (
     container_port,
     container_security,
     http_probe,
+    pull_policy,
 )
 from imports import k8s
 
@@ -54,6 +55,7 @@ def reloader_container(
     return k8s.Container(
         name="config-reloader",
         image=settings.image,
+        image_pull_policy=pull_policy(settings.image),
         args=[f"--volume-dir={path}" for path in watched_dirs]
         + [f"--webhook-url={reload_url}", f"--web.listen-address=:{PORT}"],
         ports=[container_port("reloader", PORT)],

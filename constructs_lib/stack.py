@@ -318,6 +318,7 @@ class MonitoringStack(Construct):
             namespace=namespace,
             users=users,
             extra_steps=[APM_SETUP_STEP],
+            image=settings.elasticsearch.setup_image,
             elastic_secret=settings.elasticsearch.credentials_secret,
             elasticsearch=endpoint,
             kibana=self.kibana.endpoint,

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from constructs_lib import apm_server as apm_module
 from constructs_lib.apm_server import (
+    APM_SERVER_USER,
     APM_SETUP_STEP,
     APM_USER,
     CA_DIR,
@@ -350,15 +351,18 @@ def test_launch_stops_when_the_token_file_is_missing(tmp_path: Path) -> None:
     assert done.stdout == ""
 
 
-def test_pod_runs_as_the_image_user_with_a_read_only_root(objects: list[dict]) -> None:
+def test_pod_runs_as_its_own_high_uid_with_a_read_only_root(
+    objects: list[dict],
+) -> None:
     spec = pod(objects)
+    assert APM_SERVER_USER >= 10000
     context = container(objects)["securityContext"]
 
     assert spec["securityContext"] == {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
-        "fsGroup": 1000,
+        "runAsUser": APM_SERVER_USER,
+        "runAsGroup": APM_SERVER_USER,
+        "fsGroup": APM_SERVER_USER,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert context["readOnlyRootFilesystem"] is True

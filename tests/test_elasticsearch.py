@@ -1,7 +1,7 @@
 """Elasticsearch alone in a chart: cluster formation, TLS, hardening, probes.
 
 Elasticsearch itself cannot run here; its readiness script is run for real
-(sh and curl, as uid 1000) against the HTTPS stand-in of
+(sh and curl, as the pod's uid) against the HTTPS stand-in of
 test_elasticsearch_setup.py, listening on 127.0.0.1:9200 of a private
 network namespace.
 """
@@ -29,6 +29,7 @@ from constructs_lib.elasticsearch import (
     BOOTSTRAP_PASSWORD_FILE,
     CERTS_DIR,
     CONFIG_DIR,
+    ELASTICSEARCH_USER,
     READY_MARKER,
     Elasticsearch,
     ElasticsearchSettings,
@@ -296,11 +297,12 @@ def test_certificate_names_every_address_clients_use() -> None:
 # --- hardening ----------------------------------------------------------------
 
 
-def test_pod_runs_as_the_image_user_with_volumes_owned_once(
+def test_pod_runs_as_its_own_high_uid_with_volumes_owned_once(
     cluster: list[dict],
 ) -> None:
     context = pod(cluster)["securityContext"]
-    assert context["runAsUser"] == context["runAsGroup"] == context["fsGroup"] == 1000
+    assert context["runAsUser"] == context["runAsGroup"] == context["fsGroup"]
+    assert context["runAsUser"] == ELASTICSEARCH_USER >= 10000
     assert context["runAsNonRoot"] is True
     assert context["fsGroupChangePolicy"] == "OnRootMismatch"
     assert context["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -626,11 +628,11 @@ def probe_spec(
     data = get(objects, "ConfigMap", "elasticsearch-config")["data"]
     tmp = directory / "tmp"
     tmp.mkdir()
-    os.chown(tmp, 1000, 1000)
+    os.chown(tmp, ELASTICSEARCH_USER, ELASTICSEARCH_USER)
     secret = directory / "bootstrap" / "password"
     secret.parent.mkdir(mode=0o755)
     secret.write_text(password)
-    os.chown(secret, 1000, 1000)
+    os.chown(secret, ELASTICSEARCH_USER, ELASTICSEARCH_USER)
     secret.chmod(0o600)
     script = (
         data["readiness-probe.sh"]
@@ -643,8 +645,8 @@ def probe_spec(
     run = {
         "argv": ["/bin/sh", str(directory / "probe.sh")],
         "env": {"PATH": "/usr/bin:/bin"},
-        "uid": 1000,
-        "gid": 1000,
+        "uid": ELASTICSEARCH_USER,
+        "gid": ELASTICSEARCH_USER,
         "cwd": str(directory),
     }
     return {

@@ -28,6 +28,7 @@ from constructs_lib.grafana import (
     DASHBOARDS_DIR,
     DATA_DIR,
     DATASOURCE_UID,
+    GRAFANA_USER,
     SECRETS_DIR,
     Grafana,
     GrafanaSettings,
@@ -292,13 +293,13 @@ def test_grafana_makes_no_outbound_calls_and_installs_no_plugins(
     assert "GF_INSTALL_PLUGINS" not in variables
 
 
-def test_pod_runs_as_the_grafana_user_with_runtime_seccomp(objects: list[dict]) -> None:
+def test_pod_runs_as_its_own_high_uid_with_runtime_seccomp(objects: list[dict]) -> None:
     security = pod(objects)["securityContext"]
 
     assert security["runAsNonRoot"] is True
-    assert security["runAsUser"] == 472
-    assert security["runAsGroup"] == 472
-    assert security["fsGroup"] == 472
+    assert security["runAsUser"] == GRAFANA_USER >= 10000
+    assert security["runAsGroup"] == GRAFANA_USER
+    assert security["fsGroup"] == GRAFANA_USER
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
 
 

@@ -21,6 +21,7 @@ STANDARD_LABELS = {
 HOST_ACCESS = {"node-exporter", "filebeat"}
 # Filebeat alone runs as root: container logs are root-owned files.
 ROOT_ALLOWED = {"filebeat"}
+HIGH_UID = 10000
 
 
 def workloads(manifest: Manifest) -> list[dict]:
@@ -41,7 +42,11 @@ def test_every_pod_runs_as_a_numeric_non_root_user(manifest: Manifest) -> None:
             assert context["runAsUser"] == 0
             continue
         assert context["runAsNonRoot"] is True, doc["metadata"]["name"]
-        assert isinstance(context["runAsUser"], int) and context["runAsUser"] > 0
+        # Above the uids hosts hand out to their own users and daemons, so a
+        # container escape does not land as a host account (docs/security.md).
+        assert isinstance(context["runAsUser"], int), doc["metadata"]["name"]
+        assert context["runAsUser"] >= HIGH_UID, doc["metadata"]["name"]
+        assert context["runAsGroup"] >= HIGH_UID, doc["metadata"]["name"]
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
@@ -56,6 +61,17 @@ def test_every_container_is_locked_down(manifest: Manifest) -> None:
             assert context["capabilities"] == {"drop": ["ALL"]}, where
             if doc["metadata"]["name"] not in ROOT_ALLOWED:
                 assert context["runAsNonRoot"] is True, where
+
+
+def test_tags_are_resolved_at_every_start_and_digests_once(
+    manifest: Manifest,
+) -> None:
+    for doc in workloads(manifest):
+        pod = doc["spec"]["template"]["spec"]
+        for container in pod.get("initContainers", []) + pod["containers"]:
+            where = f"{doc['metadata']['name']}/{container['name']}"
+            expected = "IfNotPresent" if "@sha256:" in container["image"] else "Always"
+            assert container["imagePullPolicy"] == expected, where
 
 
 def test_every_container_has_requests_limits_and_probes(manifest: Manifest) -> None:

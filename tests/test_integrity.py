@@ -90,6 +90,32 @@ def break_secret_key(docs: Docs) -> None:
     volume["secret"]["items"].append({"key": "admin-token", "path": "admin-token"})
 
 
+def _token_volume(docs: Docs) -> dict[str, Any]:
+    volumes = pod(docs, "StatefulSet", "prometheus")["volumes"]
+    [volume] = [v for v in volumes if "projected" in v]
+    return volume
+
+
+def break_projected_config_map(docs: Docs) -> None:
+    for source in _token_volume(docs)["projected"]["sources"]:
+        if "configMap" in source:
+            source["configMap"]["name"] = "root-ca"
+
+
+def break_projected_ca_key(docs: Docs) -> None:
+    for source in _token_volume(docs)["projected"]["sources"]:
+        if "configMap" in source:
+            source["configMap"]["items"] = [{"key": "ca.pem", "path": "ca.crt"}]
+
+
+def break_token_mount(docs: Docs) -> None:
+    name = _token_volume(docs)["name"]
+    for container in pod(docs, "StatefulSet", "prometheus")["containers"]:
+        container["volumeMounts"] = [
+            m for m in container.get("volumeMounts", []) if m["name"] != name
+        ]
+
+
 def break_service_account(docs: Docs) -> None:
     pod(docs, "Deployment", "kube-state-metrics")["serviceAccountName"] = "ksm"
 
@@ -198,6 +224,18 @@ CASES = {
     "config-map-key": (break_config_map_key, "has no key 'query.yaml'"),
     "secret": (break_secret, "Secret 'alertmanager-secrets' is neither rendered"),
     "secret-key": (break_secret_key, "not declared with the key 'admin-token'"),
+    "projected-config-map": (
+        break_projected_config_map,
+        "volume serviceaccount-token: ConfigMap 'root-ca' is not rendered",
+    ),
+    "projected-ca-key": (
+        break_projected_ca_key,
+        "ConfigMap 'kube-root-ca.crt' has no key 'ca.pem'",
+    ),
+    "token-mount": (
+        break_token_mount,
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ),
     "service-account": (break_service_account, "ServiceAccount 'ksm' is not"),
     "role-ref": (break_role_ref, "ClusterRole 'prometheus' is not rendered"),
     "governing": (

@@ -38,6 +38,7 @@ from constructs_lib.kibana import (
     ENCRYPTION_KEYS,
     KEYS_DIR,
     KIBANA,
+    KIBANA_UID,
     KIBANA_USER,
     LAUNCHER,
     Kibana,
@@ -232,7 +233,8 @@ def test_only_kibana_yml_replaces_the_image_config(objects: list[dict]) -> None:
 
 def test_pod_is_locked_down(objects: list[dict]) -> None:
     context = pod(objects)["securityContext"]
-    assert context["runAsUser"] == context["runAsGroup"] == context["fsGroup"] == 1000
+    assert context["runAsUser"] == context["runAsGroup"] == context["fsGroup"]
+    assert context["runAsUser"] == KIBANA_UID >= 10000
     assert context["runAsNonRoot"] is True
     assert pod(objects)["automountServiceAccountToken"] is False
     assert pod(objects)["enableServiceLinks"] is False
@@ -421,7 +423,7 @@ def root() -> Iterator[Path]:
 def run_start(
     root: Path, objects: list[dict[str, Any]], files: dict[str, str]
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
-    """Run start.sh as uid 1000 with its mounts under ``root``."""
+    """Run start.sh as the pod's uid with its mounts under ``root``."""
     assert shutil.which("setpriv"), "setpriv is missing (util-linux)"
     script = data(objects)["start.sh"]
     for directory in (CREDENTIALS_DIR, KEYS_DIR):
@@ -436,13 +438,14 @@ def run_start(
         path = root / relative.strip("/")
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         path.write_text(value)
-        os.chown(path, 0, 1000)  # as fsGroup leaves a Secret file: 0440
+        os.chown(path, 0, KIBANA_UID)  # as fsGroup leaves a Secret file: 0440
         path.chmod(0o440)
     record = root / "out" / "env"
     record.parent.mkdir()
-    os.chown(record.parent, 1000, 1000)
+    os.chown(record.parent, KIBANA_UID, KIBANA_UID)
     process = subprocess.run(
-        ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--"]
+        ["setpriv", f"--reuid={KIBANA_UID}", f"--regid={KIBANA_UID}"]
+        + ["--clear-groups", "--"]
         + ["/bin/sh", str(root / "start.sh")],
         env={"PATH": "/usr/bin:/bin", "RECORD": str(record)},
         capture_output=True,

@@ -13,6 +13,7 @@ from constructs_lib.common import SERVICE_ACCOUNT_DIR
 from constructs_lib.errors import ConfigurationError
 from constructs_lib.prometheus import (
     RULES_DIR,
+    TOKEN_VOLUME,
     check_config_with_promtool,
     checkable_config,
     discovery_rules,
@@ -240,17 +241,48 @@ def test_config_edits_are_reloaded_in_place(manifest: Manifest) -> None:
     } <= set(reloader["args"])
 
 
-def test_only_pods_that_call_the_api_get_a_token(manifest: Manifest) -> None:
+def test_only_containers_that_call_the_api_get_a_token(manifest: Manifest) -> None:
     with_token = set()
     for kind in ("Deployment", "StatefulSet", "DaemonSet"):
         for doc in manifest.of_kind(kind):
             pod = doc["spec"]["template"]["spec"]
             assert "automountServiceAccountToken" in pod, doc["metadata"]["name"]
-            if pod["automountServiceAccountToken"]:
-                with_token.add(doc["metadata"]["name"])
+            token_volumes = {
+                volume["name"]
+                for volume in pod.get("volumes", [])
+                for source in volume.get("projected", {}).get("sources", [])
+                if "serviceAccountToken" in source
+            }
+            for container in pod["containers"] + pod.get("initContainers", []):
+                mounts = {m["name"] for m in container.get("volumeMounts", [])}
+                if pod["automountServiceAccountToken"] or mounts & token_volumes:
+                    with_token.add((doc["metadata"]["name"], container["name"]))
 
-    # Filebeat's Kubernetes metadata processor reads pods and nodes.
-    assert with_token == {"prometheus", "kube-state-metrics", "filebeat"}
+    # Filebeat's Kubernetes metadata processor reads pods and nodes;
+    # Prometheus's config reloader only calls Prometheus, so it has none.
+    assert with_token == {
+        ("prometheus", "prometheus"),
+        ("kube-state-metrics", "kube-state-metrics"),
+        ("filebeat", "filebeat"),
+    }
+
+
+def test_the_token_is_mounted_where_discovery_reads_it(manifest: Manifest) -> None:
+    pod = manifest.get("StatefulSet", "prometheus")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == TOKEN_VOLUME)
+    files = set()
+    for source in volume["projected"]["sources"]:
+        if "serviceAccountToken" in source:
+            files.add(source["serviceAccountToken"]["path"])
+        for kind in ("configMap", "downwardAPI"):
+            files |= {item["path"] for item in source.get(kind, {}).get("items", [])}
+    prometheus = next(c for c in pod["containers"] if c["name"] == "prometheus")
+    mount = next(m for m in prometheus["volumeMounts"] if m["name"] == TOKEN_VOLUME)
+
+    # client-go's in-cluster configuration reads exactly these three files.
+    assert mount["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+    assert mount["readOnly"] is True
+    assert files == {"token", "ca.crt", "namespace"}
 
 
 def test_prometheus_rules_config_map_holds_every_rule_file(manifest: Manifest) -> None:
