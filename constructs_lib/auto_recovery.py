@@ -55,6 +55,7 @@ from constructs_lib.common import (
     mount,
     pod_security,
     pull_policy,
+    scan_exceptions,
     service_account,
     standard_labels,
 )
@@ -389,7 +390,17 @@ class AutoRecovery(Construct):
         k8s.KubeCronJob(
             self,
             "cronjob",
-            metadata=metadata(NAME, labels, namespace),
+            metadata=metadata(
+                NAME,
+                labels,
+                namespace,
+                scan_exceptions(
+                    {
+                        "CKV_K8S_38": "the job reads, restarts and scales "
+                        "Deployments through the API with this token",
+                    }
+                ),
+            ),
             spec=k8s.CronJobSpec(
                 schedule=settings.schedule,
                 time_zone="Etc/UTC",

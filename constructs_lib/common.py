@@ -314,6 +314,22 @@ def metadata(
     )
 
 
+def scan_exceptions(reasons: Mapping[str, str]) -> dict[str, str]:
+    """Annotations that exempt one workload from named checkov checks.
+
+    Each check gets its own ``checkov.io/skip<N>: <check>=<reason>``, the form
+    checkov reads from a workload's own metadata. Only a workload that truly
+    needs what a check forbids carries one; docs/security.md lists them all.
+    """
+    annotations = {}
+    for number, (check, reason) in enumerate(sorted(reasons.items()), start=1):
+        if not re.fullmatch(r"CKV2?_K8S_[0-9]+", check) or "=" in reason:
+            # checkov splits the value on '=' and fails on a second one.
+            raise ValueError(f"scan exception {check}={reason!r} is malformed")
+        annotations[f"checkov.io/skip{number}"] = f"{check}={reason}"
+    return annotations
+
+
 def config_checksum(*documents: Any) -> str:
     """A digest of configuration, put on pod templates so edits roll pods."""
     text = json.dumps(documents, sort_keys=True, default=str)

@@ -61,6 +61,7 @@ from constructs_lib.common import (
     metadata,
     mount,
     pull_policy,
+    scan_exceptions,
     selector_labels,
     service_account,
     standard_labels,
@@ -781,7 +782,22 @@ class Filebeat(Construct):
         self.daemonset = k8s.KubeDaemonSet(
             self,
             "daemonset",
-            metadata=metadata(NAME, labels, namespace),
+            metadata=metadata(
+                NAME,
+                labels,
+                namespace,
+                scan_exceptions(
+                    {
+                        "CKV_K8S_23": "Filebeat runs as root to read the node's "
+                        "root-owned container and nginx log files, with every "
+                        "capability dropped",
+                        "CKV_K8S_40": "Filebeat runs as uid 0 for the same reason "
+                        "as CKV_K8S_23, so no high uid applies",
+                        "CKV_K8S_38": "the Kubernetes metadata processor reads "
+                        "pods, namespaces and nodes through the API with this token",
+                    }
+                ),
+            ),
             spec=k8s.DaemonSetSpec(
                 selector=k8s.LabelSelector(match_labels=selector_labels(NAME)),
                 update_strategy=k8s.DaemonSetUpdateStrategy(

@@ -28,6 +28,7 @@ from constructs_lib.common import (
     pod_security,
     pull_policy,
     rules_by_api_group,
+    scan_exceptions,
     selector_labels,
     service,
     service_account,
@@ -172,7 +173,17 @@ class KubeStateMetrics(Construct):
         k8s.KubeDeployment(
             self,
             "deployment",
-            metadata=metadata(NAME, labels, namespace),
+            metadata=metadata(
+                NAME,
+                labels,
+                namespace,
+                scan_exceptions(
+                    {
+                        "CKV_K8S_38": "kube-state-metrics lists and watches the "
+                        "objects it reports on through the API with this token",
+                    }
+                ),
+            ),
             spec=k8s.DeploymentSpec(
                 replicas=1,
                 selector=k8s.LabelSelector(match_labels=selector),

@@ -27,6 +27,7 @@ from constructs_lib.common import (
     mount,
     pod_security,
     pull_policy,
+    scan_exceptions,
     selector_labels,
     service_account,
     standard_labels,
@@ -110,7 +111,19 @@ class NodeExporter(Construct):
         k8s.KubeDaemonSet(
             self,
             "daemonset",
-            metadata=metadata(NAME, labels, namespace),
+            metadata=metadata(
+                NAME,
+                labels,
+                namespace,
+                scan_exceptions(
+                    {
+                        "CKV_K8S_17": "node-exporter reports the node's processes "
+                        "and pressure, so it shares the host PID namespace",
+                        "CKV_K8S_19": "node-exporter reports the node's own network "
+                        "interfaces and is scraped at the node's address",
+                    }
+                ),
+            ),
             spec=k8s.DaemonSetSpec(
                 selector=k8s.LabelSelector(match_labels=selector),
                 update_strategy=k8s.DaemonSetUpdateStrategy(
