@@ -58,6 +58,10 @@ printed when a test fails.
   The ``alerting`` targets are handled the same way: the one local
   Alertmanager. The global section, external labels, ``alert_relabel_configs``
   and rule files are otherwise as rendered.
+* The ServiceAccount token. Prometheus's projected token volume becomes a
+  directory of stand-in files (a made-up token, a made-up cluster CA, the
+  namespace), since only a cluster issues them; the jobs that would use
+  them (``kubernetes_sd``, the kubelets) are the dropped ones above.
 * One replica each. Prometheus runs as ``prometheus-0`` only, Alertmanager
   as ``alertmanager-0`` only; its ``--cluster.peer=`` arguments (DNS names of
   the other pods) are dropped, gossip itself stays on.

@@ -98,6 +98,51 @@ class Layout:
 
     # --- pods as local processes -------------------------------------------
 
+    def _write_projected(
+        self, doc: dict[str, Any], volume: dict[str, Any], directory: Path, group: int
+    ) -> None:
+        """A projected volume's files, the kubelet's way (the ServiceAccount token).
+
+        The token and the cluster CA stand for what only a cluster issues:
+        nothing in this run calls the Kubernetes API (the jobs that would are
+        dropped), so the program just finds the files where it reads them.
+        """
+        projected = volume["projected"]
+        files: dict[str, str] = {}
+        for source in projected.get("sources", []):
+            if "serviceAccountToken" in source:
+                files[source["serviceAccountToken"]["path"]] = "e2e-stand-in-token"
+                self.note(
+                    f"{doc['kind']} {doc['metadata']['name']}: the projected "
+                    "ServiceAccount token and kube-root-ca.crt are stand-in "
+                    "files; no job that reads them runs here"
+                )
+            elif "configMap" in source:
+                name = source["configMap"]["name"]
+                data = (
+                    {"ca.crt": "stand-in cluster CA\n"}
+                    if name == "kube-root-ca.crt"
+                    else self.config_map(name)
+                )
+                for item in source["configMap"].get("items") or [
+                    {"key": k, "path": k} for k in data
+                ]:
+                    files[item["path"]] = data[item["key"]]
+            elif "downwardAPI" in source:
+                for item in source["downwardAPI"]["items"]:
+                    field = item["fieldRef"]["fieldPath"]
+                    if field != "metadata.namespace":
+                        raise LayoutError(f"downwardAPI field {field} is not supported")
+                    files[item["path"]] = doc["metadata"]["namespace"]
+            else:
+                raise LayoutError(f"projected source {sorted(source)} is not supported")
+        directory.mkdir(mode=0o755)
+        for relative, text in files.items():
+            path = directory / relative
+            path.write_text(text)
+            path.chmod(projected.get("defaultMode", 0o644))
+            os.chown(path, 0, group)
+
     def pod_process(
         self,
         kind: str,
@@ -156,6 +201,8 @@ class Layout:
                 kind_of = "data"
             elif "configMap" in volume or "secret" in volume:
                 kind_of = "files"
+            elif "projected" in volume:
+                kind_of = "projected"
             else:
                 raise LayoutError(
                     f"{kind} {name}: volume {mount['name']!r} is not supported"
@@ -172,6 +219,9 @@ class Layout:
                 directory.mkdir()
                 os.chown(directory, 0, group)
                 directory.chmod(0o2770)
+                continue
+            if kind_of == "projected":
+                self._write_projected(doc, volume, directory, group)
                 continue
             if "configMap" in volume:
                 source = volume["configMap"]
