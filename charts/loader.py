@@ -82,7 +82,12 @@ def describe(error: ValidationError, model: type[BaseModel]) -> str:
         text = f"field {field}: is required but missing"
     else:
         message = first["msg"].removeprefix("Value error, ")
-        text = f"field {field}: got {_show(first['input'])}; {message}"
+        if first["type"] == "value_error" and isinstance(first["input"], dict):
+            # A check across a section's fields: the message names them and
+            # their values, which the whole section would only bury.
+            text = f"field {field}: {message}" if field else message
+        else:
+            text = f"field {field}: got {_show(first['input'])}; {message}"
     if len(problems) > 1:
         text += f" (and {len(problems) - 1} more problem(s) in this file)"
     return text

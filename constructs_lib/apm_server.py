@@ -308,7 +308,7 @@ def apm_setup_step(
     It runs under the setup Job's ``sh -eu`` and in the curlimages/curl
     image's BusyBox shell. Installing the same version again is harmless.
     """
-    if not _VERSION.match(package_version):
+    if not _VERSION.fullmatch(package_version):
         raise ConfigurationError(
             "APM package version",
             f"got {package_version!r}; it must be a release such as '8.5.0'",
@@ -403,7 +403,7 @@ class ApmServer(Construct):
         environment: str,
     ) -> None:
         super().__init__(scope, id)
-        if not _ENVIRONMENT.match(environment):
+        if not _ENVIRONMENT.fullmatch(environment):
             raise ConfigurationError(
                 "apm-server environment",
                 f"got {environment!r}; it must be a DNS label such as 'production'",

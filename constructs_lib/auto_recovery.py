@@ -111,7 +111,7 @@ def _cron_field(schedule: str, text: str, name: str, low: int, high: int) -> Non
         )
 
     for item in text.split(","):
-        match = _CRON_ITEM.match(item)
+        match = _CRON_ITEM.fullmatch(item)
         if match is None:
             raise bad(f"has an invalid part {item!r}")
         _, first, last, step = match.groups()

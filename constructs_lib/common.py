@@ -85,11 +85,12 @@ _SUFFIXES = {
 
 
 def _image(value: str) -> str:
-    match = _IMAGE.match(value)
+    match = _IMAGE.fullmatch(value)
     if match is None:
         raise ValueError(
             f"image {value!r} must be 'repository:tag' with a released tag, "
-            "for example 'prom/prometheus:v2.42.0'"
+            "optionally pinned as 'repository:tag@sha256:<64 lowercase hex "
+            "digits>', for example 'prom/prometheus:v2.42.0'"
         )
     if match.group("tag") == "latest":
         raise ValueError(
@@ -105,7 +106,7 @@ def _duration_or_zero(value: str) -> str:
 
 
 def _duration(value: str) -> str:
-    if not value or not _DURATION.match(value) or set(value) <= set("0msdhwy"):
+    if not value or not _DURATION.fullmatch(value) or set(value) <= set("0msdhwy"):
         raise ValueError(
             f"duration {value!r} is not a positive Prometheus duration such as "
             "'15s', '5m', '30d' or '1h30m' (units y, w, d, h, m, s, ms, each "
@@ -117,7 +118,7 @@ def _duration(value: str) -> str:
 
 
 def _quantity(value: str) -> str:
-    if not _QUANTITY.match(value) or quantity_value(value) <= 0:
+    if not _QUANTITY.fullmatch(value) or quantity_value(value) <= 0:
         raise ValueError(
             f"quantity {value!r} is not a positive Kubernetes quantity such as "
             "'500m', '2', '256Mi' or '100Gi'"
@@ -126,7 +127,7 @@ def _quantity(value: str) -> str:
 
 
 def _dns_subdomain(value: str) -> str:
-    if not _DNS_SUBDOMAIN.match(value):
+    if not _DNS_SUBDOMAIN.fullmatch(value):
         raise ValueError(
             f"name {value!r} is not a DNS subdomain (lower-case letters, digits, "
             "'-' and '.', at most 253 characters)"
@@ -143,7 +144,7 @@ def quantity_value(quantity: str) -> float:
 
 
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             f"name {value!r} is not a DNS label (lower-case letters, digits and "
             "'-', at most 63 characters)"

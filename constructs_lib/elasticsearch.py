@@ -149,7 +149,7 @@ _QUANTITY_UNITS = {
 
 
 def _java_size(value: str) -> str:
-    if not _JAVA_SIZE.match(value):
+    if not _JAVA_SIZE.fullmatch(value):
         raise ValueError(
             f"heap size {value!r} is not a JVM size such as '512m' or '2g' "
             "(a whole number of megabytes or gigabytes)"
@@ -163,7 +163,7 @@ JavaSize = Annotated[str, AfterValidator(_java_size)]
 
 def java_size_bytes(value: str) -> int:
     """``2g`` as bytes, as the JVM reads it (binary units)."""
-    match = _JAVA_SIZE.match(value)
+    match = _JAVA_SIZE.fullmatch(value)
     if match is None:
         raise ValueError(f"not a JVM size: {value!r}")
     return int(match.group(1)) * _JAVA_UNITS[match.group(2).lower()]

@@ -305,7 +305,7 @@ def check_users(users: Sequence[elastic.ClientUser]) -> list[str]:
     roles: dict[str, str] = {}
     for user in users:
         where = f"user {user.username!r}"
-        if not _NAME.match(user.username):
+        if not _NAME.fullmatch(user.username):
             problems.append(
                 f"{where}: a username must be letters, digits, '_', '.', '-'"
             )
@@ -337,7 +337,7 @@ def check_users(users: Sequence[elastic.ClientUser]) -> list[str]:
                 f"{where} is a built-in user; Elasticsearch refuses to create "
                 "it, declare it without a role"
             )
-        if not user.role_name or not _NAME.match(user.role_name):
+        if not user.role_name or not _NAME.fullmatch(user.role_name):
             problems.append(
                 f"{where}: role_name {user.role_name!r} must be letters, "
                 "digits, '_', '.', '-'"

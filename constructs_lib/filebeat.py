@@ -241,7 +241,7 @@ class FilebeatSettings(StrictModel):
     @field_validator("index_prefix")
     @classmethod
     def _index_name(cls, prefix: str) -> str:
-        if not _INDEX_PREFIX.match(prefix):
+        if not _INDEX_PREFIX.fullmatch(prefix):
             raise ValueError(
                 f"index prefix {prefix!r} must be lower case letters, digits, "
                 "'.', '_' or '-', starting with a letter or digit"
@@ -736,7 +736,7 @@ class Filebeat(Construct):
         elasticsearch: Endpoint,
     ) -> None:
         super().__init__(scope, id)
-        if not _ENVIRONMENT.match(environment):
+        if not _ENVIRONMENT.fullmatch(environment):
             raise ConfigurationError(
                 "filebeat environment",
                 f"got {environment!r}; it must be a DNS label such as 'production'",

@@ -505,10 +505,10 @@ def _value_problem(flag: str, kind: Any, value: str) -> str | None:
         return f"--{flag}={value!r} is not a boolean (true or false)"
     elif kind == _INT and not re.fullmatch(r"-?[0-9]+", value):
         return f"--{flag}={value!r} is not an integer"
-    elif kind == _DURATION and not _GO_DURATION.match(value):
+    elif kind == _DURATION and not _GO_DURATION.fullmatch(value):
         return f"--{flag}={value!r} is not a Go duration such as '72h' or '5m'"
     elif kind == _HOSTPORT:
-        match = _HOST_PORT.match(value)
+        match = _HOST_PORT.fullmatch(value)
         if not match or not 0 < int(match.group(1)) < 65536:
             return f"--{flag}={value!r} is not host:port or :port"
     elif kind == _URLS:
@@ -736,7 +736,7 @@ def _port_clashes(options: Mapping[str, str], mode: Binary) -> list[str]:
         listeners.pop("collector.otlp.grpc.host-port", None)
         listeners.pop("collector.otlp.http.host-port", None)
     for flag, value in options.items():
-        match = _HOST_PORT.match(value) if flag.endswith("host-port") else None
+        match = _HOST_PORT.fullmatch(value) if flag.endswith("host-port") else None
         if match:
             listeners[flag] = int(match.group(1))
     owners: dict[int, list[str]] = {}

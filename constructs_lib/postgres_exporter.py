@@ -93,7 +93,7 @@ def _data_source_uri(value: str) -> str:
             f"data source {value!r} carries a credential parameter; the user "
             "and password come only from the credentials Secret"
         )
-    if not _URI.match(value):
+    if not _URI.fullmatch(value):
         raise ValueError(
             f"data source {value!r} is not 'host:port/database' with optional "
             "'?param=value&...', for example "
@@ -158,7 +158,7 @@ def load_queries(path: Path = QUERIES_FILE) -> dict[str, Any]:
 
 
 def _check_query(where: str, prefix: Any, spec: Any) -> None:
-    if not isinstance(prefix, str) or not re.match(r"^[a-z_][a-z0-9_]*$", prefix):
+    if not isinstance(prefix, str) or not re.fullmatch(r"^[a-z_][a-z0-9_]*$", prefix):
         raise ConfigurationError(
             where, f"metric prefix {prefix!r} is not a lower-case metric name"
         )

@@ -486,7 +486,7 @@ def kubernetes_sd_problems(config: Mapping[str, Any]) -> list[str]:
                 )
                 continue
             for name in namespaces.get("names") or []:
-                if not isinstance(name, str) or not _DNS_LABEL.match(name):
+                if not isinstance(name, str) or not _DNS_LABEL.fullmatch(name):
                     problems.append(f"{where}: namespace {name!r} is not a DNS label")
     return problems
 

@@ -49,7 +49,7 @@ _ADDR = re.compile(r"^rediss?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?:[0-9]{1,
 
 
 def _redis_addr(value: str) -> str:
-    if not _ADDR.match(value):
+    if not _ADDR.fullmatch(value):
         raise ValueError(
             f"Redis address {value!r} must be exactly 'redis://host:port' (or "
             "'rediss://host:port' for TLS), without user, password or path, "

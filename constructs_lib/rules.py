@@ -59,7 +59,7 @@ def load_rule_files(paths: Iterable[pathlib.Path]) -> dict[str, str]:
     total = 0
     for path in paths:
         path = pathlib.Path(path)
-        if not _RULE_FILE_NAME.match(path.name):
+        if not _RULE_FILE_NAME.fullmatch(path.name):
             raise ConfigurationError(
                 str(path),
                 f"file name {path.name!r} must end in '.yml' and use only "

@@ -27,6 +27,7 @@ from constructs_lib.common import (
     Endpoint,
     StrictModel,
     declare_secret,
+    image_tag,
     metadata,
     mount,
 )
@@ -123,6 +124,15 @@ class StackSettings(StrictModel):
             raise ValueError(
                 f"namespace {self.namespace!r} is the stack's own; "
                 "auto_recovery.namespaces names the application's namespaces"
+            )
+        kibana = image_tag(self.kibana.image)
+        elasticsearch = image_tag(self.elasticsearch.image)
+        if kibana != elasticsearch:
+            raise ValueError(
+                f"kibana.image {self.kibana.image!r} runs Kibana {kibana}, but "
+                f"elasticsearch.image runs Elasticsearch {elasticsearch}; Kibana "
+                "refuses to start against another version, so set both to one "
+                "release"
             )
         if self.namespace in self.prometheus.app_namespaces:
             raise ValueError(

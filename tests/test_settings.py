@@ -102,7 +102,66 @@ def test_image_references_kubernetes_would_refuse_are_refused(image: str) -> Non
 
 @pytest.mark.parametrize(
     "image",
-    ["registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.9.2", "a/b:1.0"],
+    [
+        "prom/prometheus:v2.42.0@sha256:" + "A" * 64,
+        "prom/prometheus:v2.42.0@sha256:" + "a" * 63,
+        "prom/prometheus@sha256:" + "a" * 64,
+        "prom/prometheus:v2.42.0@sha512:" + "a" * 128,
+    ],
+)
+def test_malformed_digests_are_refused_naming_the_form(image: str) -> None:
+    with pytest.raises(ValidationError, match="@sha256:<64 lowercase hex digits>"):
+        prometheus(image=image)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("image", "prom/prometheus:v2.42.0\n"),
+        ("retention", "30d\n"),
+        ("storage_class", "fast\n"),
+    ],
+)
+def test_a_trailing_newline_is_no_part_of_a_valid_value(field: str, value: str) -> None:
+    # A YAML block scalar ('image: |') ends its value with a newline.
+    with pytest.raises(ValidationError, match=field):
+        prometheus(**{field: value})
+
+
+def test_the_namespace_may_not_end_in_a_newline(tmp_path: Path) -> None:
+    text = (SETTINGS_DIR / "staging.yaml").read_text()
+    (tmp_path / "staging.yaml").write_text(
+        text.replace("namespace: monitoring\n", "namespace: |\n  monitoring\n")
+    )
+
+    with pytest.raises(ConfigurationError, match="field namespace: got 'monitoring"):
+        load_environments(tmp_path)
+
+
+def test_kibana_must_run_the_elasticsearch_release(tmp_path: Path) -> None:
+    text = (SETTINGS_DIR / "staging.yaml").read_text()
+    (tmp_path / "staging.yaml").write_text(
+        text + "\nkibana:\n  image: docker.elastic.co/kibana/kibana:8.6.0\n"
+    )
+
+    with pytest.raises(ConfigurationError) as error:
+        load_environments(tmp_path)
+
+    assert str(error.value) == (
+        "environment 'staging' (staging.yaml): kibana.image "
+        "'docker.elastic.co/kibana/kibana:8.6.0' runs Kibana 8.6.0, but "
+        "elasticsearch.image runs Elasticsearch 8.5.0; Kibana refuses to start "
+        "against another version, so set both to one release"
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.k8s.io/kube-state-metrics/kube-state-metrics:v2.9.2",
+        "a/b:1.0",
+        "prom/prometheus:v2.42.0@sha256:" + "0123456789abcdef" * 4,
+    ],
 )
 def test_registry_images_are_accepted(image: str) -> None:
     assert prometheus(image=image).image == image
