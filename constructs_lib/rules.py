@@ -39,8 +39,16 @@ _PROMTOOL_TIMEOUT_SECONDS = 60
 
 
 def default_rule_paths() -> list[pathlib.Path]:
-    """The project's built-in rule files in ``rules/``, sorted by name."""
-    return sorted(DEFAULT_RULES_DIR.glob("*.yml"))
+    """The project's built-in rule files in ``rules/``, sorted by name.
+
+    ``.yaml`` files are included so that :func:`load_rule_files` refuses
+    them by name instead of leaving them silently unloaded.
+    """
+    return sorted(
+        path
+        for path in DEFAULT_RULES_DIR.iterdir()
+        if path.suffix in (".yml", ".yaml") and path.is_file()
+    )
 
 
 def load_rule_files(paths: Iterable[pathlib.Path]) -> dict[str, str]:
@@ -48,7 +56,8 @@ def load_rule_files(paths: Iterable[pathlib.Path]) -> dict[str, str]:
 
     Raises :class:`ConfigurationError` naming the file when a file is missing
     or not valid YAML, is not ``{groups: [...]}``, has a rule without ``expr``
-    or an alert without a ``severity`` label of critical, warning or info,
+    or an alert without a ``severity`` label of critical, warning or info or
+    without a ``runbook`` annotation,
     when two files share a file name, or when a group or alert name appears
     more than once across all the given files.
     """
@@ -284,6 +293,15 @@ def _check_rules(path: pathlib.Path, group: dict[str, Any]) -> list[str]:
                 str(path),
                 f"{where} has severity {severity!r}; "
                 f"use one of {', '.join(SEVERITIES)}",
+            )
+        annotations = rule.get("annotations") or {}
+        runbook = annotations.get("runbook") if isinstance(annotations, dict) else None
+        if not isinstance(runbook, str) or not runbook.strip():
+            raise ConfigurationError(
+                str(path),
+                f"{where} has no 'runbook' annotation; give the page or URL "
+                "that tells on-call what to do (docs/runbooks/ for the "
+                "built-in alerts)",
             )
         alerts.append(alert)
     return alerts

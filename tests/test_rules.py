@@ -334,6 +334,8 @@ groups:
         for: 5m
         labels:
           severity: {severity}
+        annotations:
+          runbook: https://wiki.example.com/runbooks/{alert}
 """
 
 
@@ -443,6 +445,39 @@ def test_invalid_yaml_is_rejected_with_its_line(tmp_path: Path) -> None:
     assert "line " in str(raised.value) and "\n" not in str(raised.value)
 
 
+def test_an_alert_without_a_runbook_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "team.yml",
+        "groups:\n  - name: team.rules\n    rules:\n      - alert: QueueStuck\n"
+        "        expr: up == 0\n        labels: {severity: warning}\n"
+        "        annotations: {summary: stuck}\n",
+    )
+
+    with pytest.raises(ConfigurationError) as raised:
+        load_rule_files([path])
+
+    assert str(raised.value) == (
+        f"{path}: group 'team.rules', alert 'QueueStuck' has no 'runbook' "
+        "annotation; give the page or URL that tells on-call what to do "
+        "(docs/runbooks/ for the built-in alerts)"
+    )
+
+
+def test_a_yaml_file_in_the_rules_folder_is_refused_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import constructs_lib.rules as rules
+
+    for name in ("a.yml", "extra.yaml"):
+        rule_file(tmp_path / name, group=name, alert=name.replace(".", "_"))
+    (tmp_path / "README.md").write_text("not a rule file\n")
+    monkeypatch.setattr(rules, "DEFAULT_RULES_DIR", tmp_path)
+
+    assert default_rule_paths() == [tmp_path / "a.yml", tmp_path / "extra.yaml"]
+    with pytest.raises(ConfigurationError, match="'extra.yaml' must end in '.yml'"):
+        load_rule_files(default_rule_paths())
+
+
 def test_a_repeated_key_is_rejected_like_prometheus_does(tmp_path: Path) -> None:
     repeated = write(
         tmp_path / "repeated.yml",
@@ -489,7 +524,7 @@ def test_a_bad_template_is_reported_by_check_with_promtool(tmp_path: Path) -> No
         "extra.yml": ALERT.format(
             group="g", alert="A", expr="up == 0", severity="warning"
         )
-        + "        annotations:\n          summary: '{{ $labels.job'\n"
+        + "          summary: '{{ $labels.job'\n"
     }
     with pytest.raises(ConfigurationError, match="rule file extra.yml: .*template"):
         check_with_promtool(files, "extra rules")

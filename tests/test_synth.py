@@ -21,6 +21,7 @@ BROKEN_RULE = """groups:
   - alert: TeamAlert
     expr: rate(http_requests_total[5m] > 1
     labels: {severity: warning}
+    annotations: {runbook: https://wiki.example.com/team}
 """
 UNKNOWN_SEVERITY = """groups:
 - name: team.rules
@@ -28,6 +29,7 @@ UNKNOWN_SEVERITY = """groups:
   - alert: TeamAlert
     expr: up == 0
     labels: {severity: urgent}
+    annotations: {runbook: https://wiki.example.com/team}
 """
 DUPLICATE_ALERT = """groups:
 - name: team.rules
@@ -35,6 +37,7 @@ DUPLICATE_ALERT = """groups:
   - alert: HighErrorRate
     expr: up == 0
     labels: {severity: warning}
+    annotations: {runbook: https://wiki.example.com/team}
 """
 
 
@@ -241,6 +244,7 @@ def test_another_team_adds_a_scrape_job_and_a_rule_file_without_library_edits(
         "groups:\n- name: team.rules\n  rules:\n  - alert: TeamQueueStuck\n"
         "    expr: sum by (queue) (queue_depth) > 1000\n    for: 10m\n"
         "    labels: {severity: warning}\n"
+        "    annotations: {runbook: https://wiki.example.com/team}\n"
     )
 
     def change(data: dict) -> None:
