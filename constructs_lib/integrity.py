@@ -393,17 +393,25 @@ class ChartIndex:
             ]
             if not readers:
                 continue
-            # Sidecars mount the same config only to watch it; the file must
-            # be reachable from at least one container that reads the config.
+            # Sidecars mount the same config only to watch it. A container
+            # that names the config file in its command line is the one that
+            # reads it; otherwise any container mounting it may be.
+            named = [
+                reader
+                for reader in readers
+                if _names_file(reader, {_mount_path(reader, v) for v in uses}, key)
+            ]
+            readers = named or readers
             for path in paths:
                 if not any(
                     _covered(path, _provided_files(spec, reader, volumes))
                     for reader in readers
                 ):
+                    who = ", ".join(sorted(r["name"] for r in readers))
                     problems.append(
                         f"ConfigMap {name} {key}: {path} is read in "
-                        f"{_name(owner)}, but no container mounting the "
-                        "config has a mount that provides it"
+                        f"{_name(owner)}, but no mount of the container that "
+                        f"reads the config ({who}) provides it"
                     )
         return problems
 
@@ -575,6 +583,24 @@ def _volume_files(volume: Doc) -> set[str] | None:
                 files.add(source["serviceAccountToken"]["path"])
         return files
     return None
+
+
+def _mount_path(container: Doc, volume: str) -> str | None:
+    for mount in container.get("volumeMounts", []):
+        if mount["name"] == volume:
+            return mount["mountPath"].rstrip("/")
+    return None
+
+
+def _names_file(container: Doc, directories: set[str | None], key: str) -> bool:
+    """Whether the container's command, args or env name ``<dir>/<key>``."""
+    words = [
+        *container.get("command", []),
+        *container.get("args", []),
+        *(e.get("value", "") for e in container.get("env", [])),
+    ]
+    files = {f"{d}/{key}" for d in directories if d}
+    return any(file in word for word in words for file in files)
 
 
 def _covered(path: str, provided: Sequence[tuple[str, set[str] | None]]) -> bool:

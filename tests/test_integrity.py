@@ -116,6 +116,16 @@ def break_token_mount(docs: Docs) -> None:
         ]
 
 
+def break_token_to_the_sidecar(docs: Docs) -> None:
+    volume = _token_volume(docs)["name"]
+    containers = pod(docs, "StatefulSet", "prometheus")["containers"]
+    [prometheus] = [c for c in containers if c["name"] == "prometheus"]
+    [reloader] = [c for c in containers if c["name"] != "prometheus"]
+    [mount] = [m for m in prometheus["volumeMounts"] if m["name"] == volume]
+    prometheus["volumeMounts"].remove(mount)
+    reloader["volumeMounts"].append(mount)
+
+
 def break_service_account(docs: Docs) -> None:
     pod(docs, "Deployment", "kube-state-metrics")["serviceAccountName"] = "ksm"
 
@@ -235,6 +245,11 @@ CASES = {
     "token-mount": (
         break_token_mount,
         "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ),
+    "token-in-the-sidecar": (
+        break_token_to_the_sidecar,
+        "/var/run/secrets/kubernetes.io/serviceaccount/token is read in "
+        "StatefulSet prometheus",
     ),
     "service-account": (break_service_account, "ServiceAccount 'ksm' is not"),
     "role-ref": (break_role_ref, "ClusterRole 'prometheus' is not rendered"),
