@@ -147,7 +147,8 @@ class ApmServerSettings(StrictModel):
     image: Image = Field(
         default="docker.elastic.co/apm/apm-server:8.5.0",
         description="APM Server image. Defaults to 8.5.0, the design's release; "
-        "the APM package of the same version is installed by APM_SETUP_STEP.",
+        "the APM package of the same release is installed by the setup job "
+        "through Kibana, so it must be the Elasticsearch release.",
     )
     replicas: int = Field(
         default=1,
@@ -364,7 +365,9 @@ def apm_setup_step(
 """
 
 
-APM_SETUP_STEP = apm_setup_step("8.5.0")
+APM_SETUP_STEP = apm_setup_step(
+    image_tag(ApmServerSettings.model_fields["image"].default)
+)
 """The step for the default image's version, for the setup Job to run."""
 
 

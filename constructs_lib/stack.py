@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from constructs_lib import elastic
 from constructs_lib import prometheus as prom
 from constructs_lib.alertmanager import Alertmanager, AlertmanagerSettings
-from constructs_lib.apm_server import APM_SETUP_STEP, ApmServer, ApmServerSettings
+from constructs_lib.apm_server import ApmServer, ApmServerSettings, apm_setup_step
 from constructs_lib.auto_recovery import AutoRecovery, AutoRecoverySettings
 from constructs_lib.common import (
     DnsLabel,
@@ -133,6 +133,15 @@ class StackSettings(StrictModel):
                 f"elasticsearch.image runs Elasticsearch {elasticsearch}; Kibana "
                 "refuses to start against another version, so set both to one "
                 "release"
+            )
+        apm = image_tag(self.apm_server.image)
+        if apm != elasticsearch:
+            raise ValueError(
+                f"apm_server.image {self.apm_server.image!r} runs APM Server "
+                f"{apm}, but elasticsearch.image runs Elasticsearch "
+                f"{elasticsearch}; the setup job installs the APM package of the "
+                "server's release through Kibana, which offers its own release's "
+                "package, so set both to one release"
             )
         if self.namespace in self.prometheus.app_namespaces:
             raise ValueError(
@@ -327,7 +336,7 @@ class MonitoringStack(Construct):
             "elasticsearch-setup",
             namespace=namespace,
             users=users,
-            extra_steps=[APM_SETUP_STEP],
+            extra_steps=[apm_setup_step(image_tag(settings.apm_server.image))],
             image=settings.elasticsearch.setup_image,
             elastic_secret=settings.elasticsearch.credentials_secret,
             elasticsearch=endpoint,

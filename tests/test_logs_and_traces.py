@@ -192,3 +192,29 @@ def test_the_setup_job_installs_apm_templates(manifest: Manifest) -> None:
     text = yaml.safe_dump(setup_users(manifest))
 
     assert "/api/fleet/epm/packages/apm" in text
+
+
+def test_the_setup_job_installs_the_apm_package_of_the_servers_release() -> None:
+    [settings] = [s for s in load_environments() if s.environment == "staging"]
+    release = "8.6.2"
+    settings = settings.model_copy(
+        update={
+            section: getattr(settings, section).model_copy(
+                update={
+                    "image": getattr(settings, section).image.replace("8.5.0", release)
+                }
+            )
+            for section in ("elasticsearch", "kibana", "apm_server")
+        }
+    )
+    chart = MonitoringChart(cdk8s.Testing.app(), settings=settings)
+    [config_map] = [
+        doc
+        for doc in chart.to_json()
+        if doc["kind"] == "ConfigMap"
+        and doc["metadata"]["name"].startswith("elasticsearch-setup")
+    ]
+    scripts = "\n".join(config_map["data"].values())
+
+    assert f"/api/fleet/epm/packages/apm/{release}" in scripts
+    assert "/api/fleet/epm/packages/apm/8.5.0" not in scripts

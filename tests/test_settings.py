@@ -155,6 +155,16 @@ def test_kibana_must_run_the_elasticsearch_release(tmp_path: Path) -> None:
     )
 
 
+def test_the_apm_server_must_run_the_elasticsearch_release(tmp_path: Path) -> None:
+    text = (SETTINGS_DIR / "staging.yaml").read_text()
+    (tmp_path / "staging.yaml").write_text(
+        text + "\napm_server:\n  image: docker.elastic.co/apm/apm-server:8.6.0\n"
+    )
+
+    with pytest.raises(ConfigurationError, match="runs APM Server 8.6.0, but"):
+        load_environments(tmp_path)
+
+
 @pytest.mark.parametrize(
     "image",
     [
