@@ -577,6 +577,9 @@ def _volume_files(volume: Doc) -> set[str] | None:
             for kind in ("secret", "configMap", "downwardAPI"):
                 items = source.get(kind, {}).get("items")
                 if kind in source and not items:
+                    if source[kind].get("name") == KUBE_ROOT_CA:
+                        files.add("ca.crt")  # its one key
+                        continue
                     return None  # every key of a ConfigMap or Secret
                 files |= {item["path"] for item in items or []}
             if "serviceAccountToken" in source:

@@ -126,6 +126,14 @@ def break_token_to_the_sidecar(docs: Docs) -> None:
     reloader["volumeMounts"].append(mount)
 
 
+def break_token_path_beside_a_whole_ca(docs: Docs) -> None:
+    for source in _token_volume(docs)["projected"]["sources"]:
+        if "configMap" in source:
+            del source["configMap"]["items"]
+        if "serviceAccountToken" in source:
+            source["serviceAccountToken"]["path"] = "tok"
+
+
 def break_service_account(docs: Docs) -> None:
     pod(docs, "Deployment", "kube-state-metrics")["serviceAccountName"] = "ksm"
 
@@ -250,6 +258,10 @@ CASES = {
         break_token_to_the_sidecar,
         "/var/run/secrets/kubernetes.io/serviceaccount/token is read in "
         "StatefulSet prometheus",
+    ),
+    "token-path": (
+        break_token_path_beside_a_whole_ca,
+        "/var/run/secrets/kubernetes.io/serviceaccount/token is read in",
     ),
     "service-account": (break_service_account, "ServiceAccount 'ksm' is not"),
     "role-ref": (break_role_ref, "ClusterRole 'prometheus' is not rendered"),
