@@ -16,6 +16,14 @@ def get(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     return found[0]
 
 
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment, StatefulSet, DaemonSet, Job or CronJob."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]
+
+
 def pod_volume(spec: dict[str, Any], name: str) -> dict[str, Any]:
     """The volume called ``name`` of a pod spec."""
     (found,) = [volume for volume in spec["volumes"] if volume["name"] == name]

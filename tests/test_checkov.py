@@ -51,9 +51,11 @@ import yaml
 from pydantic import BaseModel
 
 from charts.loader import SETTINGS_DIR
+from constructs_lib.integrity import WORKLOAD_KINDS
 from constructs_lib.stack import StackSettings
 from main import render
 from tests.conftest import ENVIRONMENTS, ROOT, find_program
+from tests.objects import pod_template
 
 CHECKOV_VERSION = "3.3.30"
 CHECKOV_VENV = ROOT / ".venv-checkov"
@@ -278,11 +280,10 @@ def nested_skip_keys(node: Any, path: str) -> Iterator[str]:
 
 def images_of(doc: dict[str, Any]) -> list[str]:
     """Every image a workload's pods run, init containers included."""
-    spec = doc.get("spec") or {}
-    if doc["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    pod = (spec.get("template") or {}).get("spec") or {}
-    containers = pod.get("initContainers", []) + pod.get("containers", [])
+    if doc["kind"] not in WORKLOAD_KINDS:
+        return []
+    pod = pod_template(doc)["spec"]
+    containers = pod.get("initContainers", []) + pod["containers"]
     return [container["image"] for container in containers]
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from constructs_lib.integrity import WORKLOAD_KINDS
 from tests.conftest import Manifest
 
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -27,7 +27,7 @@ HIGH_UID = 10000
 def workloads(manifest: Manifest) -> list[dict]:
     """Every workload, with CronJobs' pod templates lifted to spec.template."""
     found = []
-    for kind in WORKLOADS:
+    for kind in WORKLOAD_KINDS:
         for doc in manifest.of_kind(kind):
             if kind == "CronJob":
                 doc = {**doc, "spec": doc["spec"]["jobTemplate"]["spec"]}

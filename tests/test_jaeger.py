@@ -28,7 +28,7 @@ from constructs_lib.jaeger import (
     check_jaeger_args,
     grafana_datasource,
 )
-from tests.objects import get
+from tests.objects import get, pod_template
 
 NAMESPACE = "monitoring"
 WORKLOADS = ("Deployment", "CronJob")
@@ -75,9 +75,7 @@ def badger() -> list[dict]:
 
 
 def pod_of(obj: dict) -> dict[str, Any]:
-    if obj["kind"] == "CronJob":
-        return obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
-    return obj["spec"]["template"]["spec"]
+    return pod_template(obj)["spec"]
 
 
 def pods(objects: list[dict]) -> list[dict[str, Any]]:

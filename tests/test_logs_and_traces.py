@@ -20,6 +20,7 @@ from constructs_lib.elastic import CERTS_SECRET, ELASTICSEARCH
 from constructs_lib.elasticsearch import check_elasticsearch_config
 from constructs_lib.filebeat import check_filebeat_config
 from tests.conftest import ENVIRONMENTS, Manifest
+from tests.objects import pod_template
 
 STACKS = {
     settings.environment: MonitoringChart(cdk8s.Testing.app(), settings=settings).stack
@@ -28,9 +29,7 @@ STACKS = {
 
 
 def pod_spec(manifest: Manifest, kind: str, name: str) -> dict[str, Any]:
-    doc = manifest.get(kind, name)
-    spec = doc["spec"].get("jobTemplate", {}).get("spec", doc["spec"])
-    return spec["template"]["spec"]
+    return pod_template(manifest.get(kind, name))["spec"]
 
 
 def secret_names(spec: dict[str, Any]) -> set[str]:

@@ -27,7 +27,7 @@ from charts.loader import load_environments
 from charts.monitoring_chart import MonitoringChart
 from constructs_lib.common import declared_secrets
 from constructs_lib.errors import ConfigurationError
-from constructs_lib.integrity import check_references
+from constructs_lib.integrity import WORKLOAD_KINDS, check_references
 from constructs_lib.network_policies import (
     DEFAULT_DENY,
     NAMESPACE_NAME_LABEL,
@@ -40,9 +40,9 @@ from constructs_lib.network_policies import (
     scrape_namespaces,
 )
 from constructs_lib.stack import StackSettings
+from tests.objects import pod_template
 
 Doc = dict[str, Any]
-WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -185,12 +185,9 @@ class Rendered:
         """One pod of every workload, by workload name."""
         found = {}
         for doc in self.documents:
-            if doc["kind"] not in WORKLOADS:
+            if doc["kind"] not in WORKLOAD_KINDS:
                 continue
-            spec = doc["spec"]
-            if doc["kind"] == "CronJob":
-                spec = spec["jobTemplate"]["spec"]
-            template = spec["template"]
+            template = pod_template(doc)
             ports = tuple(
                 (port.get("name", ""), port["containerPort"], port["protocol"])
                 for container in template["spec"]["containers"]
