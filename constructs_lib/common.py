@@ -29,6 +29,8 @@ SERVICE_ACCOUNT_FILES = ("token", "ca.crt", "namespace")
 """What in-cluster API clients read from :data:`SERVICE_ACCOUNT_DIR`."""
 KUBE_ROOT_CA = "kube-root-ca.crt"
 """The ConfigMap Kubernetes keeps in every namespace: the API server's CA."""
+KUBE_ROOT_CA_KEY = "ca.crt"
+"""Its one key."""
 
 # The numeric user of the "nobody" account in the upstream Prometheus images.
 NOBODY = 65534
@@ -440,7 +442,8 @@ def service_account_token_volume(name: str) -> k8s.Volume:
                 ),
                 k8s.VolumeProjection(
                     config_map=k8s.ConfigMapProjection(
-                        name=KUBE_ROOT_CA, items=[k8s.KeyToPath(key=ca, path=ca)]
+                        name=KUBE_ROOT_CA,
+                        items=[k8s.KeyToPath(key=KUBE_ROOT_CA_KEY, path=ca)],
                     )
                 ),
                 k8s.VolumeProjection(

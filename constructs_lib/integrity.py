@@ -25,6 +25,7 @@ import yaml
 
 from constructs_lib.common import (
     KUBE_ROOT_CA,
+    KUBE_ROOT_CA_KEY,
     SERVICE_ACCOUNT_DIR,
     SERVICE_ACCOUNT_FILES,
     OperatorSecret,
@@ -171,19 +172,22 @@ class ChartIndex:
             problems = []
             for source in volume["projected"].get("sources", []):
                 if "configMap" in source:
+                    config_map = source["configMap"]
                     problems += self._config_map(
-                        where, namespace, source["configMap"], config_maps
+                        where, namespace, config_map["name"], config_map, config_maps
                     )
                 if "secret" in source:
-                    problems += self._secret(where, namespace, source["secret"])
+                    secret = source["secret"]
+                    problems += self._secret(where, namespace, secret["name"], secret)
             return problems
         if "configMap" in volume:
-            return self._config_map(where, namespace, volume["configMap"], config_maps)
-        if "secret" in volume:
-            source = volume["secret"]
-            return self._secret(
-                where, namespace, {**source, "name": source["secretName"]}
+            config_map = volume["configMap"]
+            return self._config_map(
+                where, namespace, config_map["name"], config_map, config_maps
             )
+        if "secret" in volume:
+            secret = volume["secret"]
+            return self._secret(where, namespace, secret["secretName"], secret)
         if "persistentVolumeClaim" in volume:
             claim = volume["persistentVolumeClaim"]["claimName"]
             if (namespace, claim) not in claims:
@@ -194,36 +198,34 @@ class ChartIndex:
     def _config_map(
         where: str,
         namespace: str,
+        name: str,
         source: Doc,
         config_maps: Mapping[tuple[str, str], Doc],
     ) -> list[str]:
-        if source["name"] == KUBE_ROOT_CA:
+        """The ConfigMap a volume or projection names exists, with its items."""
+        if name == KUBE_ROOT_CA:
             # Kubernetes itself keeps this one in every namespace.
-            return [
-                f"{where}: ConfigMap {KUBE_ROOT_CA!r} has no key {item['key']!r}"
-                for item in source.get("items", [])
-                if item["key"] != "ca.crt"
-            ]
-        config_map = config_maps.get((namespace, source["name"]))
-        if config_map is None:
-            return [f"{where}: ConfigMap {source['name']!r} is not rendered"]
-        data = config_map.get("data", {})
+            keys = {KUBE_ROOT_CA_KEY}
+        elif (namespace, name) in config_maps:
+            keys = set(config_maps[(namespace, name)].get("data", {}))
+        else:
+            return [f"{where}: ConfigMap {name!r} is not rendered"]
         return [
-            f"{where}: ConfigMap {source['name']!r} has no key {item['key']!r}"
+            f"{where}: ConfigMap {name!r} has no key {item['key']!r}"
             for item in source.get("items", [])
-            if item["key"] not in data
+            if item["key"] not in keys
         ]
 
-    def _secret(self, where: str, namespace: str, source: Doc) -> list[str]:
-        keys = self.secrets.get((namespace, source["name"]))
+    def _secret(self, where: str, namespace: str, name: str, source: Doc) -> list[str]:
+        """The Secret a volume or projection names is declared, with its items."""
+        keys = self.secrets.get((namespace, name))
         if keys is None:
             return [
-                f"{where}: Secret {source['name']!r} is neither "
+                f"{where}: Secret {name!r} is neither "
                 "rendered nor declared as one the operator creates"
             ]
         return [
-            f"{where}: Secret {source['name']!r} is not declared "
-            f"with the key {item['key']!r}"
+            f"{where}: Secret {name!r} is not declared with the key {item['key']!r}"
             for item in source.get("items", [])
             if item["key"] not in keys
         ]
@@ -578,7 +580,7 @@ def _volume_files(volume: Doc) -> set[str] | None:
                 items = source.get(kind, {}).get("items")
                 if kind in source and not items:
                     if source[kind].get("name") == KUBE_ROOT_CA:
-                        files.add("ca.crt")  # its one key
+                        files.add(KUBE_ROOT_CA_KEY)
                         continue
                     return None  # every key of a ConfigMap or Secret
                 files |= {item["path"] for item in items or []}
